@@ -1,0 +1,190 @@
+"""Image datasets, read offline with numpy/Pillow (no torchvision, nothing downloaded).
+
+Every dataset is held as uint8 arrays in NCHW layout with integer labels; a sample's id is
+`<dataset>:<split>:<index>` and stays stable for a given dataset file, so split manifests and
+deletion requests can refer to it.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset that cannot be found or read: the message names the file."""
+
+
+FASHION_MNIST_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+]  # fmt: skip
+
+
+@dataclass
+class ImageSet:
+    """A split of a dataset.
+
+    Attributes:
+        dataset: dataset name, the first part of every sample id.
+        split: "train" or "test".
+        images: uint8 array (N, C, H, W).
+        labels: int64 array (N,).
+        class_names: name of each label index.
+    """
+
+    dataset: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def ids(self, indices: np.ndarray) -> list[str]:
+        return [f"{self.dataset}:{self.split}:{int(i)}" for i in indices]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = int(np.prod(dims)) + 4 + 4 * ndim
+    if len(raw) != expected:
+        raise DataError(f"{path} is truncated or corrupt ({len(raw)} bytes, expected {expected})")
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).exists():
+            return root / name
+    raise DataError(f"missing {stem}(.gz) under {root}")
+
+
+def load_fashion_mnist(path: str | Path, split: str) -> ImageSet:
+    """Fashion-MNIST from its IDX files (Debian's dataset-fashion-mnist layout)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(
+            f"Fashion-MNIST directory not found: {root} "
+            "(install it with `apt-get install dataset-fashion-mnist` or set data.path)"
+        )
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise DataError(f"{root}: {len(images)} images but {len(labels)} labels for {split}")
+    return ImageSet("fashion-mnist", split, images[:, None], labels.astype(np.int64),
+                    list(FASHION_MNIST_CLASSES))
+
+
+def load_digits(split: str) -> ImageSet:
+    """scikit-learn's bundled 8x8 digits (1,797 images); every 5th image is the test split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    is_test = np.arange(len(images)) % 5 == 0
+    keep = is_test if split == "test" else ~is_test
+    return ImageSet("digits", split, images[keep], bunch.target[keep].astype(np.int64),
+                    [str(d) for d in range(10)])
+
+
+SHAPE_CLASSES = ["square", "circle", "triangle", "cross"]
+
+
+def make_shapes(split: str, n: int = 1200, size: int = 16, seed: int = 0) -> ImageSet:
+    """A seeded RGB set of coloured shapes on dark backgrounds (4 classes).
+
+    Args:
+        split: "train" or "test" (a different seed stream each).
+        n: number of images.
+        size: image side in pixels.
+        seed: base seed.
+
+    Returns:
+        The generated ImageSet.
+    """
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = np.zeros((n, 3, size, size), np.uint8)
+    labels = rng.integers(0, len(SHAPE_CLASSES), n)
+    for i, label in enumerate(labels):
+        r = rng.uniform(size * 0.2, size * 0.35)
+        cy, cx = rng.uniform(r, size - r, 2)
+        if label == 0:
+            mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+        elif label == 1:
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        elif label == 2:
+            mask = (yy >= cy - r) & (yy <= cy + r) & (abs(xx - cx) <= (yy - (cy - r)) / 2)
+        else:
+            mask = ((abs(yy - cy) <= r / 3) | (abs(xx - cx) <= r / 3)) & \
+                   (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+        background = rng.integers(0, 60, 3)
+        colour = rng.integers(120, 256, 3)
+        images[i] = np.where(mask[None], colour[:, None, None], background[:, None, None])
+    return ImageSet("shapes", split, images, labels.astype(np.int64), list(SHAPE_CLASSES))
+
+
+def load_dataset(name: str, path: str | Path, split: str) -> ImageSet:
+    """Load one split of a dataset by name.
+
+    Args:
+        name: "fashion-mnist", "digits" or "shapes".
+        path: directory of the dataset files (ignored by bundled/generated sets).
+        split: "train" or "test".
+
+    Returns:
+        The ImageSet.
+    """
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r} (train or test)")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(path, split)
+    if name == "digits":
+        return load_digits(split)
+    if name == "shapes":
+        return make_shapes(split)
+    raise DataError(f"unknown dataset {name!r}")
+
+
+def resolve_classes(classes: list[int | str], class_names: list[str]) -> list[int]:
+    """Turn class indices or names into indices, refusing unknown ones.
+
+    Args:
+        classes: indices (int or digit strings) or names, case-insensitive.
+        class_names: the dataset's class names.
+
+    Returns:
+        Sorted unique class indices.
+    """
+    lowered = [c.lower() for c in class_names]
+    out, bad = set(), []
+    for c in classes:
+        if isinstance(c, int) or (isinstance(c, str) and c.isdigit()):
+            i = int(c)
+            (out.add(i) if 0 <= i < len(class_names) else bad.append(str(c)))
+        elif c.lower() in lowered:
+            out.add(lowered.index(c.lower()))
+        else:
+            bad.append(repr(c))
+    if bad:
+        raise DataError(
+            f"unknown class(es) {', '.join(bad)}; this dataset has "
+            + ", ".join(f"{i}={n}" for i, n in enumerate(class_names))
+        )
+    return sorted(out)

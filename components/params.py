@@ -1,0 +1,217 @@
+"""The schema of params.yaml: every knob of the pipeline, validated once, early.
+
+Unknown keys are refused with the closest known key suggested, so a typo such as
+`unlearn.decoupel.lr` fails in `prepare` instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ParamsError(ValueError):
+    """A user mistake in params.yaml (or a -S override): the message says what and where."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(Strict):
+    dataset: Literal["fashion-mnist", "digits", "shapes"] = "fashion-mnist"
+    path: str = "/usr/share/datasets/fashion-mnist"
+    heldout_fraction: float = Field(0.1, gt=0, lt=0.5)
+    max_train: int | None = Field(None, gt=0)
+    max_test: int | None = Field(None, gt=0)
+
+
+class ForgetParams(Strict):
+    kind: Literal["class", "sample"] = "class"
+    classes: list[int | str] = Field(default_factory=lambda: [7])
+    fraction: float = Field(0.01, gt=0, lt=1)
+
+
+class BackdoorParams(Strict):
+    enabled: bool = True
+    fraction: float = Field(0.1, gt=0, le=1)
+    trigger_size: int = Field(4, ge=1)
+    pattern_cell: int = Field(4, ge=1)
+    threshold: float = Field(0.5, gt=-1, lt=1)
+
+
+class AEParams(Strict):
+    widths: list[int] = Field(default_factory=lambda: [16, 32], min_length=2, max_length=2)
+    latent_dim: int = Field(64, ge=1)
+
+
+class ModelParams(Strict):
+    family: Literal["ae"] = "ae"
+    task: Literal["reconstruction", "inpaint", "outpaint"] = "reconstruction"
+    inpaint_box: float = Field(0.5, gt=0, lt=1)
+    outpaint_border: float = Field(0.25, gt=0, lt=0.5)
+    ae: AEParams = Field(default_factory=AEParams)
+
+
+class TrainParams(Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class NoiseParams(Strict):
+    epsilon: float | None = None
+    delta: float = 1e-5
+
+    @field_validator("epsilon")
+    @classmethod
+    def _positive_epsilon(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("epsilon must be > 0 (or null for no noise)")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_in_unit(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError("delta must lie in (0, 1)")
+        return v
+
+
+class DecoupleParams(Strict):
+    quantile: float = Field(0.95, gt=0, lt=1)
+    params: Literal["encoder", "decoder", "all"] = "all"
+    lr: float = Field(0.01, gt=0)
+    clip_norm: float = Field(1.0, gt=0)
+    max_steps: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1)
+    probe_size: int = Field(1024, ge=1)
+    noise: NoiseParams = Field(default_factory=NoiseParams)
+
+
+class FinetuneParams(Strict):
+    steps: int = Field(150, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    distill: float = Field(0.0, ge=0)
+
+
+class UnlearnParams(Strict):
+    method: str = "decouple"
+    decouple: DecoupleParams = Field(default_factory=DecoupleParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from components.methods import METHODS  # the registry imports this module
+
+        if v not in METHODS:
+            close = difflib.get_close_matches(v, list(METHODS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown method (known: {', '.join(sorted(METHODS))}){hint}")
+        return v
+
+
+class AuditParams(Strict):
+    max_samples: int = Field(2000, ge=10)
+
+
+class EvaluateParams(Strict):
+    max_samples: int = Field(2000, ge=10)
+
+
+class RayParams(Strict):
+    address: str | None = None
+    num_workers: int = Field(1, ge=1)
+    use_gpu: Literal["auto", True, False] = "auto"
+    cpus_per_worker: float | None = Field(None, gt=0)
+    storage_path: str = ".ray_results"
+    max_failures: int = Field(1, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+
+
+class MlflowParams(Strict):
+    experiment: str = "i2i-unlearning"
+    model_name: str = "fashion-mnist-ae"
+
+
+class Params(Strict):
+    seed: int = 0
+    data: DataParams = Field(default_factory=DataParams)
+    forget: ForgetParams = Field(default_factory=ForgetParams)
+    backdoor: BackdoorParams = Field(default_factory=BackdoorParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    unlearn: UnlearnParams = Field(default_factory=UnlearnParams)
+    audit: AuditParams = Field(default_factory=AuditParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    ray: RayParams = Field(default_factory=RayParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names valid at `loc` (the parent of a bad key) in the schema."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(Params, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
+        return f"unknown key '{dotted}'{hint}"
+    return f"'{dotted}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping.
+
+    Args:
+        raw: the parsed YAML mapping (None for an empty file).
+
+    Returns:
+        The validated Params.
+
+    Raises:
+        ParamsError: with one line per problem, naming the dotted key.
+    """
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The validated Params.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw)

@@ -1,0 +1,192 @@
+"""Forget / retain / held-out / test splits and their manifests.
+
+A manifest is a CSV of `id,label,sha256,poisoned` rows, one per sample. The sha256 of each
+image is checked again whenever a split is loaded, so an image changed after `prepare`
+is caught before any training, with the file and id named.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.data import ImageSet, resolve_classes
+
+SPLITS = ("forget", "retain", "heldout", "test")
+
+
+class SplitError(ValueError):
+    """A forget request that cannot be honoured (empty, everything, unknown class)."""
+
+
+class IntegrityError(ValueError):
+    """A manifest or image whose content no longer matches what `prepare` recorded."""
+
+
+@dataclass
+class Split:
+    """Indices into a dataset split, with labels and the poisoned flag per sample."""
+
+    name: str
+    source: str  # "train" or "test": which ImageSet the indices point into
+    indices: np.ndarray
+    labels: np.ndarray
+    poisoned: np.ndarray  # bool, True where the backdoor trigger is stamped
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def take(self, keep: np.ndarray) -> Split:
+        """The sub-split at `keep` (a boolean mask or index array)."""
+        return Split(self.name, self.source, self.indices[keep], self.labels[keep],
+                     self.poisoned[keep])
+
+
+def image_sha256(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def split_forget_retain(
+    train: ImageSet,
+    test: ImageSet,
+    *,
+    kind: str,
+    classes: list[int | str],
+    fraction: float,
+    heldout_fraction: float,
+    poison_fraction: float,
+    seed: int,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> dict[str, Split]:
+    """Draw the four splits, reproducibly from `seed`.
+
+    Held-out samples come from the train split but are never trained on (λ calibration,
+    membership-inference reference); test is the dataset's own test split.
+
+    Args:
+        train, test: the dataset's splits.
+        kind: "class" (forget whole classes) or "sample" (a random fraction).
+        classes: classes to forget when kind == "class" (indices or names).
+        fraction: share of the trainable samples to forget when kind == "sample".
+        heldout_fraction: share of the train split held out.
+        poison_fraction: share of the forget set that carries the backdoor (0 for none).
+        seed: the seed of every draw.
+        max_train, max_test: optional caps (random subsets) for quick runs.
+
+    Returns:
+        {"forget", "retain", "heldout", "test"} -> Split.
+    """
+    rng = np.random.default_rng(seed)
+    pool = np.arange(len(train))
+    if max_train is not None and max_train < len(pool):
+        pool = np.sort(rng.choice(pool, max_train, replace=False))
+    perm = rng.permutation(pool)
+    n_heldout = int(round(len(pool) * heldout_fraction))
+    heldout, trainable = np.sort(perm[:n_heldout]), np.sort(perm[n_heldout:])
+    if kind == "class":
+        wanted = resolve_classes(classes, train.class_names)
+        is_forget = np.isin(train.labels[trainable], wanted)
+        forget = trainable[is_forget]
+    elif kind == "sample":
+        n_forget = int(round(len(trainable) * fraction))
+        forget = np.sort(rng.choice(trainable, n_forget, replace=False))
+        is_forget = np.isin(trainable, forget)
+    else:
+        raise SplitError(f"unknown forget.kind {kind!r} (class or sample)")
+    retain = trainable[~is_forget]
+    if len(forget) == 0:
+        raise SplitError(f"the forget set is empty (kind={kind}, classes={classes}, "
+                         f"fraction={fraction}, {len(trainable)} trainable samples)")
+    if len(retain) == 0:
+        raise SplitError("the forget set is the whole training set: nothing would be left to "
+                         "retain (forget fewer classes or a smaller fraction)")
+    n_poison = int(round(len(forget) * poison_fraction))
+    poisoned = np.zeros(len(forget), bool)
+    poisoned[rng.choice(len(forget), n_poison, replace=False)] = True
+    test_idx = np.arange(len(test))
+    if max_test is not None and max_test < len(test_idx):
+        test_idx = np.sort(rng.choice(test_idx, max_test, replace=False))
+
+    def make(name: str, source: ImageSet, idx: np.ndarray, flags: np.ndarray | None = None):
+        flags = np.zeros(len(idx), bool) if flags is None else flags
+        return Split(name, source.split, idx, source.labels[idx], flags)
+
+    return {
+        "forget": make("forget", train, forget, poisoned),
+        "retain": make("retain", train, retain),
+        "heldout": make("heldout", train, heldout),
+        "test": make("test", test, test_idx),
+    }
+
+
+def write_manifest(path: str | Path, split: Split, source: ImageSet) -> str:
+    """Write a split's manifest CSV.
+
+    Args:
+        path: the CSV to write.
+        split: the split.
+        source: the ImageSet its indices point into.
+
+    Returns:
+        The sha256 of the written file (the split's hash).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = source.ids(split.indices)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label", "sha256", "poisoned"])
+        for sid, i, label, flag in zip(ids, split.indices, split.labels, split.poisoned,
+                                       strict=True):
+            w.writerow([sid, int(label), image_sha256(source.images[i]), int(flag)])
+    return file_sha256(path)
+
+
+def read_manifest(path: str | Path, sets: dict[str, ImageSet]) -> Split:
+    """Read a manifest back and check every image against its recorded sha256.
+
+    Args:
+        path: the manifest CSV.
+        sets: {"train": ImageSet, "test": ImageSet} the ids point into.
+
+    Returns:
+        The Split.
+
+    Raises:
+        IntegrityError: a malformed row, an unknown id, or an image whose sha256 changed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise IntegrityError(f"split manifest missing: {path} (run the prepare stage)")
+    indices, labels, flags, source = [], [], [], None
+    with path.open(newline="") as f:
+        for n, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                dataset, split, index = row["id"].split(":")
+                i = int(index)
+                image = sets[split].images[i]
+                if sets[split].dataset != dataset:
+                    raise KeyError(dataset)
+            except (KeyError, ValueError, IndexError, AttributeError, TypeError):
+                raise IntegrityError(f"{path}:{n}: bad or unknown sample id {row.get('id')!r}") \
+                    from None
+            if image_sha256(image) != row["sha256"]:
+                raise IntegrityError(
+                    f"{path}:{n}: sha256 mismatch for {row['id']}: the image or the manifest "
+                    "changed after prepare (rerun `dvc repro` to rebuild the splits)"
+                )
+            source = source or split
+            indices.append(i)
+            labels.append(int(row["label"]))
+            flags.append(row["poisoned"] == "1")
+    return Split(path.stem, source or "train", np.array(indices, np.int64),
+                 np.array(labels, np.int64), np.array(flags, bool))

@@ -1,0 +1,184 @@
+"""Training-loop building blocks shared by every job: batching, per-sample losses, the
+from-scratch training loop, and the context a job runs in.
+
+The loops are plain PyTorch. Whoever runs them (a Ray Train worker, a test, a notebook)
+hands in a JobContext: the device, this worker's rank, a state to resume from, and a
+`report` callback that receives metrics and, on a cadence, a checkpointable state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from components.models import unwrap
+from components.params import TrainParams
+
+
+class DivergenceError(RuntimeError):
+    """A loss became NaN or infinite: the run stops instead of saving a broken model."""
+
+
+def _no_report(metrics: dict, state: dict | None) -> None:
+    return None
+
+
+@dataclass
+class JobContext:
+    """Where a job runs and how it reports.
+
+    Attributes:
+        device: torch device of this worker.
+        rank, world_size: this worker's place among the data-parallel workers.
+        resume: the state of the last checkpoint when a job restarts after a failure.
+        report: called with (metrics, state or None); a state is to be checkpointed during
+            the call (it shares storage with the live model, so it changes afterwards).
+        log: where progress lines go (only rank 0 prints).
+        checkpoint_every: steps between checkpoints in step-based loops.
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    resume: dict | None = None
+    report: Callable[[dict, dict | None], None] = _no_report
+    log: Callable[[str], None] = print
+    checkpoint_every: int = 50
+
+    def say(self, line: str) -> None:
+        if self.rank == 0:
+            self.log(line)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def shard_batches(
+    n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+) -> Iterator[torch.Tensor]:
+    """One shuffled pass over range(n), this worker's shard, in batches.
+
+    Every worker draws the same permutation (same generator state), keeps every
+    world_size-th index, and gets the same number of batches, so DDP steps stay in lockstep.
+    """
+    perm = torch.randperm(n, generator=generator)
+    per_worker = n // world_size if n >= world_size else n
+    mine = perm[rank::world_size][:per_worker] if n >= world_size else perm
+    for start in range(0, len(mine), batch_size):
+        yield mine[start : start + batch_size]
+
+
+def endless_batches(
+    n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+) -> Iterator[torch.Tensor]:
+    """Batches over range(n) forever, reshuffled each pass, deterministic from `seed`."""
+    epoch = 0
+    while True:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        yield from shard_batches(n, batch_size, gen, rank, world_size)
+        epoch += 1
+
+
+def sample_losses(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over all pixels: the I2I loss used everywhere."""
+    return (outputs - targets).pow(2).flatten(1).mean(1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device,
+            batch_size: int = 512) -> torch.Tensor:
+    """Model outputs for `inputs`, computed in eval mode, returned on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = [model(inputs[i : i + batch_size].to(device)).float().cpu()
+            for i in range(0, len(inputs), batch_size)]
+    model.train(was_training)
+    return torch.cat(outs) if outs else inputs.new_zeros((0, *inputs.shape[1:]))
+
+
+def per_sample_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                    device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """The I2I loss of every sample (CPU tensor of shape (N,))."""
+    return sample_losses(predict(model, inputs, device, batch_size), targets)
+
+
+def global_mean(value: torch.Tensor) -> float:
+    """Mean of a scalar over all data-parallel workers (the value itself when alone)."""
+    if dist.is_available() and dist.is_initialized():
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return float(value)
+
+
+def check_finite(loss: torch.Tensor, what: str, step: int, hint: str) -> None:
+    """Raise DivergenceError when a loss is NaN or infinite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DivergenceError(f"{what} diverged at step {step}: loss = {value}; {hint}")
+
+
+def train_model(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    cfg: TrainParams,
+    ctx: JobContext,
+    seed: int,
+    label: str = "train",
+) -> dict:
+    """Train `model` from scratch on (inputs, targets) pairs with Adam.
+
+    Reports every epoch with a checkpointable state; resumes from ctx.resume.
+
+    Args:
+        model: the model (possibly DDP-wrapped), already on ctx.device.
+        inputs, targets: the training pairs (CPU tensors).
+        cfg: the `train` params block.
+        ctx: the job context.
+        seed: seed of the shuffling.
+        label: name used in progress lines.
+
+    Returns:
+        {"epochs", "final_loss", "train_seconds"}.
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, seconds = 0, 0.0
+    if ctx.resume:
+        unwrap(model).load_state_dict(ctx.resume["model"])
+        opt.load_state_dict(ctx.resume["optimizer"])
+        start_epoch, seconds = ctx.resume["epoch"] + 1, ctx.resume["train_seconds"]
+        ctx.say(f"[{label}] resuming after epoch {start_epoch}")
+    model.train()
+    loss_mean = float("nan")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        total, count = torch.zeros((), device=ctx.device), 0
+        for idx in shard_batches(len(inputs), cfg.batch_size, gen, ctx.rank, ctx.world_size):
+            x, y = inputs[idx].to(ctx.device), targets[idx].to(ctx.device)
+            loss = sample_losses(model(x), y).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(idx)
+            count += len(idx)
+        check_finite(total, label, epoch, "lower train.lr")
+        loss_mean = global_mean(total / max(count, 1))
+        seconds += time.perf_counter() - t0
+        ctx.say(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  loss {loss_mean:.5f}  "
+                f"psnr {-10 * math.log10(max(loss_mean, 1e-12)):.2f} dB  "
+                f"({time.perf_counter() - t0:.1f} s)")
+        state = {"model": unwrap(model).state_dict(),
+                 "optimizer": opt.state_dict(), "epoch": epoch, "train_seconds": seconds}
+        ctx.report({"epoch": epoch + 1, "loss": loss_mean, "train_seconds": seconds}, state)
+    return {"epochs": cfg.epochs, "final_loss": loss_mean, "train_seconds": seconds}

@@ -1,0 +1,20 @@
+"""Prefect flows: one module per pipeline stage (`python -m flows.<stage>`), thin wiring only.
+
+Quiet, offline defaults for the embedded stack are set here, before Prefect, Ray or MLflow
+are imported; a value already in the environment wins.
+"""
+
+import os
+
+for _key, _value in {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage reporting (the machine may be offline)
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # else every worker print reaches the driver twice
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # fits finish ~5 s sooner (STACK.md §2)
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # else a telemetry task logs "database locked"
+    # the first run on a fresh machine creates the ephemeral API's database: 20 s is too short
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+}.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,157 @@
+"""What every stage shares: params, data and splits, model files, reports, clean failures.
+
+Stages run from the repository root (DVC runs their commands there), so paths are relative
+to the working directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import flow
+from prefect.states import Failed
+from torch import nn
+
+from components.data import DataError, ImageSet, load_dataset
+from components.models import build_model
+from components.params import ModelParams, Params, ParamsError, load_params
+from components.splits import SPLITS, IntegrityError, Split, SplitError, read_manifest
+from components.tasks import TaskSpec
+from components.training import DivergenceError
+
+SPLIT_DIR = Path("data/splits")
+MODEL_DIR = Path("models")
+REPORT_DIR = Path("reports")
+
+REFUSED = "Refused"  # the name of a flow state that failed on a user mistake
+# Mistakes a user can make (bad params, data, requests): one clear line, exit 2, no traceback.
+USER_ERRORS = (ParamsError, DataError, SplitError, IntegrityError, DivergenceError)
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on for a reason the user can act on (the message says which)."""
+
+
+def stage_params(path: str | Path = "params.yaml") -> Params:
+    return load_params(path)
+
+
+def task_spec(params: Params) -> TaskSpec:
+    return TaskSpec(task=params.model.task, inpaint_box=params.model.inpaint_box,
+                    outpaint_border=params.model.outpaint_border,
+                    trigger_size=params.backdoor.trigger_size,
+                    pattern_cell=params.backdoor.pattern_cell)
+
+
+def load_sets(params: Params) -> dict[str, ImageSet]:
+    """The dataset's train and test splits."""
+    return {s: load_dataset(params.data.dataset, params.data.path, s) for s in ("train", "test")}
+
+
+def load_splits(sets: dict[str, ImageSet]) -> dict[str, Split]:
+    """Read every split manifest, checking each image's sha256 (tampering is caught here)."""
+    return {name: read_manifest(SPLIT_DIR / f"{name}.csv", sets) for name in SPLITS}
+
+
+def split_images(split: Split, sets: dict[str, ImageSet]) -> np.ndarray:
+    return sets[split.source].images[split.indices]
+
+
+def subsample(split: Split, limit: int, seed: int) -> Split:
+    """A seeded random subset of at most `limit` samples (audits and metrics use these)."""
+    if len(split) <= limit:
+        return split
+    return split.take(np.sort(np.random.default_rng(seed).choice(len(split), limit, replace=False)))
+
+
+def model_shape(sets: dict[str, ImageSet]) -> tuple[int, int]:
+    """(channels, side) of the dataset's images."""
+    _, c, h, w = sets["train"].images.shape
+    if h != w:
+        raise DataError(f"images must be square, got {h}x{w}")
+    return c, h
+
+
+def save_model(path: Path, state: dict[str, torch.Tensor], params: Params,
+               shape: tuple[int, int], info: dict[str, Any]) -> None:
+    """Write a model file: weights plus what is needed to rebuild the module."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "model": params.model.model_dump(), "shape": list(shape),
+                "info": info}, path)
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """The content of a model file: weights are loaded as tensors only, no code is unpickled."""
+    if not path.exists():
+        raise StageError(f"model file missing: {path} (run the stage that writes it)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_from_file(blob: dict[str, Any]) -> nn.Module:
+    """Rebuild the module of a model file's content (read_model_file), in eval mode."""
+    c, side = blob["shape"]
+    model = build_model(ModelParams.model_validate(blob["model"]), c, side)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.exists():
+        raise StageError(f"{path} missing (run the stage that writes it)")
+    return json.loads(path.read_text())
+
+
+def stage_flow(name: str) -> Callable[[Callable[[], Any]], Any]:
+    """Make a stage's body a Prefect flow that ends in a clean Failed state on user mistakes.
+
+    Prefect logs a traceback for an exception escaping a flow; for a mistake the user can
+    fix (bad params, missing data, a diverged ascent) one line says more.
+    """
+
+    def wrap(fn: Callable[[], Any]) -> Any:
+        @functools.wraps(fn)
+        def body() -> Any:
+            try:
+                return fn()
+            except (*USER_ERRORS, StageError) as exc:
+                return Failed(message=str(exc), name=REFUSED)
+
+        return flow(name=name, validate_parameters=False)(body)
+
+    return wrap
+
+
+def run_stage(stage: Any) -> None:
+    """Run a stage's flow as a program: exit 0 on success, 2 on a user mistake, 1 on a crash.
+
+    Args:
+        stage: the Prefect flow of the stage (made with stage_flow).
+    """
+    state = stage(return_state=True)
+    if state.is_failed() or state.is_crashed():
+        print(f"error: {state.message}", file=sys.stderr)
+        sys.exit(2 if state.name == REFUSED else 1)
+
+
+def job_sets(sets: dict[str, ImageSet], **parts: list[Split]) -> dict[str, dict[str, np.ndarray]]:
+    """Images and poisoned flags for a job, each named set the concatenation of its splits.
+
+    Example: job_sets(sets, train=[splits["retain"], splits["forget"]]).
+    """
+    return {
+        name: {"images": np.concatenate([split_images(s, sets) for s in group]),
+               "poisoned": np.concatenate([s.poisoned for s in group])}
+        for name, group in parts.items()
+    }

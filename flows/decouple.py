@@ -1,0 +1,61 @@
+"""Stage `decouple`: the forgetting phase of `unlearn.method` (for the seed method: clipped
+gradient ascent until the forget loss reaches λ) as a Ray Train job. Writes models/decoupled.pt.
+"""
+
+from __future__ import annotations
+
+import time
+
+from components.methods import get_method
+from flows.common import (
+    MODEL_DIR,
+    REPORT_DIR,
+    SPLIT_DIR,
+    job_sets,
+    load_sets,
+    load_splits,
+    model_shape,
+    read_json,
+    read_model_file,
+    run_stage,
+    save_model,
+    stage_flow,
+    stage_params,
+    write_json,
+)
+from flows.jobs import run_job
+from flows.tracking import log_figures, stage_run
+
+SECTIONS = ("unlearn", "ray")
+
+
+@stage_flow("decouple")
+def decouple() -> dict:
+    params = stage_params()
+    method = get_method(params.unlearn.method)
+    sets = load_sets(params)
+    splits = load_splits(sets)
+    shape = model_shape(sets)
+    original = read_model_file(MODEL_DIR / "original.pt")["state_dict"]
+    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
+    tags = {"forget_split_hash": split_hash, "method": method.name}
+    with stage_run("decouple", params, SECTIONS, tags) as run:
+        t0 = time.perf_counter()
+        info, state = run_job(
+            "forget", f"decouple-{method.name}", params, shape,
+            job_sets(sets, forget=[splits["forget"]], retain=[splits["retain"]],
+                     heldout=[splits["heldout"]]),
+            run.info.run_id, init=original, original=original,
+        )
+        info["stage_seconds"] = time.perf_counter() - t0
+        save_model(MODEL_DIR / "decoupled.pt", state, params, shape, info)
+        log_figures("", info)
+    report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id}
+    write_json(REPORT_DIR / "decouple.json", report)
+    print(f"[decouple] {method.name}: {info.get('steps', 0)} steps, "
+          f"{info['train_seconds']:.1f} s of unlearning compute")
+    return report
+
+
+if __name__ == "__main__":
+    run_stage(decouple)

@@ -1,0 +1,65 @@
+"""Stage `finetune`: knowledge retention on the retain set (phase 2 of the seed method) as a
+Ray Train job, from the decoupled model. Methods that retain on their own skip it.
+Writes models/unlearned.pt.
+"""
+
+from __future__ import annotations
+
+import time
+
+from components.methods import get_method
+from flows.common import (
+    MODEL_DIR,
+    REPORT_DIR,
+    SPLIT_DIR,
+    job_sets,
+    load_sets,
+    load_splits,
+    read_json,
+    read_model_file,
+    run_stage,
+    save_model,
+    stage_flow,
+    stage_params,
+    write_json,
+)
+from flows.jobs import run_job
+from flows.tracking import log_figures, stage_run
+
+SECTIONS = ("unlearn", "ray")
+
+
+@stage_flow("finetune")
+def finetune() -> dict:
+    params = stage_params()
+    method = get_method(params.unlearn.method)
+    decoupled_file = read_model_file(MODEL_DIR / "decoupled.pt")
+    decoupled, shape = decoupled_file["state_dict"], tuple(decoupled_file["shape"])
+    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
+    tags = {"forget_split_hash": split_hash, "method": method.name}
+    with stage_run("finetune", params, SECTIONS, tags) as run:
+        steps = params.unlearn.finetune.steps if method.retention else 0
+        if steps == 0:
+            info = {"steps": 0, "train_seconds": 0.0, "stage_seconds": 0.0}
+            state = decoupled
+            print(f"[finetune] {method.name} retains on its own: no retention phase")
+        else:
+            sets = load_sets(params)
+            splits = load_splits(sets)
+            original = read_model_file(MODEL_DIR / "original.pt")["state_dict"]
+            t0 = time.perf_counter()
+            info, state = run_job(
+                "retain", f"finetune-{method.name}", params,
+                shape, job_sets(sets, retain=[splits["retain"]]), run.info.run_id,
+                init=decoupled, original=original,
+            )
+            info["stage_seconds"] = time.perf_counter() - t0
+        save_model(MODEL_DIR / "unlearned.pt", state, params, shape, info)
+        log_figures("", info)
+    report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id}
+    write_json(REPORT_DIR / "finetune.json", report)
+    return report
+
+
+if __name__ == "__main__":
+    run_stage(finetune)

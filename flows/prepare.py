@@ -1,0 +1,47 @@
+"""Stage `prepare`: validate params, load the dataset, write the split manifests (DVC outs).
+
+Manifests list every sample of forget / retain / held-out / test as `<dataset>:<split>:<index>`
+with its image's sha256; the forget manifest flags the samples that carry the backdoor.
+"""
+
+from __future__ import annotations
+
+from components.splits import SPLITS, split_forget_retain, write_manifest
+from flows.common import SPLIT_DIR, load_sets, run_stage, stage_flow, stage_params, write_json
+from flows.tracking import log_figures, stage_run
+
+SECTIONS = ("data", "forget", "backdoor")
+
+
+@stage_flow("prepare")
+def prepare() -> dict:
+    params = stage_params()
+    sets = load_sets(params)
+    splits = split_forget_retain(
+        sets["train"], sets["test"], kind=params.forget.kind, classes=params.forget.classes,
+        fraction=params.forget.fraction, heldout_fraction=params.data.heldout_fraction,
+        poison_fraction=params.backdoor.fraction if params.backdoor.enabled else 0.0,
+        seed=params.seed, max_train=params.data.max_train, max_test=params.data.max_test,
+    )
+    hashes = {n: write_manifest(SPLIT_DIR / f"{n}.csv", splits[n], sets[splits[n].source])
+              for n in SPLITS}
+    forget = splits["forget"]
+    summary = {
+        "dataset": params.data.dataset,
+        "counts": {n: len(splits[n]) for n in SPLITS},
+        "poisoned": int(forget.poisoned.sum()),
+        "forget_classes": sorted({sets["train"].class_names[c] for c in forget.labels}),
+        "hashes": hashes,
+    }
+    write_json(SPLIT_DIR / "summary.json", summary)
+    with stage_run("prepare", params, SECTIONS, {"forget_split_hash": hashes["forget"]}):
+        log_figures("count", summary["counts"])
+        log_figures("", {"poisoned": summary["poisoned"]})
+    print(f"[prepare] {params.data.dataset}: " + ", ".join(
+        f"{n} {c}" for n, c in summary["counts"].items())
+        + f"; {summary['poisoned']} forget samples carry the backdoor trigger")
+    return summary
+
+
+if __name__ == "__main__":
+    run_stage(prepare)

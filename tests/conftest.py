@@ -1,0 +1,144 @@
+"""Shared fixtures: small real data, and one real Ray cluster and Prefect server per session.
+
+Starting Ray (~8 s) and Prefect's API (~10-20 s) once and pointing every pipeline stage at
+them (RAY_ADDRESS, PREFECT_API_URL) keeps the pipeline tests to minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.data import ImageSet, load_digits
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+QUIET_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+    # the session cluster listens on 127.0.0.1 only; a client that joins a cluster sends no
+    # token unless told to, so the test cluster runs without token auth
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def digits() -> dict[str, ImageSet]:
+    return {"train": load_digits("train"), "test": load_digits("test")}
+
+
+@pytest.fixture
+def tiny_set() -> ImageSet:
+    """40 random 8x8 grey images in 4 classes."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8)
+    return ImageSet("tiny", "train", images, np.arange(40) % 4, ["a", "b", "c", "d"])
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory) -> str:
+    """A real local Ray cluster (head node on 127.0.0.1) shared by the session."""
+    port = free_port()
+    env = {**os.environ, **QUIET_ENV}
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True,
+    )
+    yield f"127.0.0.1:{port}"
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> str:
+    """A real Prefect API server (SQLite in a temporary PREFECT_HOME) shared by the session."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(home)}
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.read().strip() == b"true":
+                    break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+TINY_PARAMS = {
+    "data": {"dataset": "digits", "path": "", "heldout_fraction": 0.1},
+    "forget": {"kind": "class", "classes": [3]},
+    "backdoor": {"fraction": 0.5, "trigger_size": 2, "pattern_cell": 2},
+    "model": {"ae": {"widths": [8, 16], "latent_dim": 16}},
+    "train": {"epochs": 40, "lr": 0.003},
+    "unlearn": {"decouple": {"probe_size": 256, "max_steps": 100},
+                "finetune": {"steps": 40}},
+    "audit": {"max_samples": 300},
+    "evaluate": {"max_samples": 300},
+    "ray": {"checkpoint_every": 20},
+    "mlflow": {"experiment": "test-pipeline", "model_name": "digits-ae"},
+}
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+@pytest.fixture
+def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]:
+    """A fresh git + DVC copy of the project with tiny digits params, and the env to run it."""
+    import yaml
+
+    ws = tmp_path / "repo"
+    ws.mkdir()
+    for item in ("components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, ws / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (ws / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, ws / item)
+    params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **QUIET_ENV, "RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api,
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=ws, check=True, env=env)
+    return ws, env

@@ -1,0 +1,98 @@
+"""Split manifests: disjoint, reproducible from the seed, and tamper-evident."""
+
+import numpy as np
+import pytest
+
+from components.splits import (
+    SPLITS,
+    IntegrityError,
+    SplitError,
+    read_manifest,
+    split_forget_retain,
+    write_manifest,
+)
+
+
+def make(digits, **kw):
+    args = dict(kind="class", classes=[3], fraction=0.05, heldout_fraction=0.1,
+                poison_fraction=0.25, seed=0)
+    return split_forget_retain(digits["train"], digits["test"], **{**args, **kw})
+
+
+def test_splits_are_disjoint_and_cover_the_train_split(digits):
+    s = make(digits)
+    train_parts = [set(s[n].indices.tolist()) for n in ("forget", "retain", "heldout")]
+    assert sum(len(p) for p in train_parts) == len(digits["train"])
+    assert set.union(*train_parts) == set(range(len(digits["train"])))
+    assert not (train_parts[0] & train_parts[1] or train_parts[0] & train_parts[2]
+                or train_parts[1] & train_parts[2])
+    assert len(s["test"]) == len(digits["test"])
+
+
+def test_class_forgetting_takes_exactly_that_class(digits):
+    s = make(digits, classes=["3", 5])
+    assert set(s["forget"].labels.tolist()) == {3, 5}
+    assert not np.isin(s["retain"].labels, [3, 5]).any()
+    assert s["forget"].poisoned.sum() == round(len(s["forget"]) * 0.25)
+    assert not s["retain"].poisoned.any()
+
+
+def test_reproducible_from_the_seed(digits):
+    a, b, c = make(digits, kind="sample"), make(digits, kind="sample"), \
+        make(digits, kind="sample", seed=1)
+    for name in SPLITS:
+        assert np.array_equal(a[name].indices, b[name].indices)
+        assert np.array_equal(a[name].poisoned, b[name].poisoned)
+    assert not np.array_equal(a["forget"].indices, c["forget"].indices)
+
+
+def test_sample_forgetting_takes_the_fraction(digits):
+    s = make(digits, kind="sample", fraction=0.05)
+    trainable = len(s["forget"]) + len(s["retain"])
+    assert len(s["forget"]) == round(trainable * 0.05)
+
+
+def test_empty_and_total_forget_sets_are_refused(digits, tiny_set):
+    with pytest.raises(SplitError, match="empty"):
+        split_forget_retain(tiny_set, tiny_set, kind="sample", classes=[], fraction=0.001,
+                            heldout_fraction=0.1, poison_fraction=0, seed=0)
+    with pytest.raises(SplitError, match="whole training set"):
+        make(digits, classes=list(range(10)))
+
+
+def test_manifest_roundtrip(digits, tmp_path):
+    s = make(digits)
+    digest = write_manifest(tmp_path / "forget.csv", s["forget"], digits["train"])
+    assert len(digest) == 64
+    back = read_manifest(tmp_path / "forget.csv", digits)
+    assert np.array_equal(back.indices, s["forget"].indices)
+    assert np.array_equal(back.poisoned, s["forget"].poisoned)
+    assert back.source == "train"
+
+
+def test_tampered_image_is_caught_with_file_and_id(digits, tmp_path):
+    s = make(digits)
+    path = tmp_path / "retain.csv"
+    write_manifest(path, s["retain"], digits["train"])
+    victim = int(s["retain"].indices[5])
+    digits_changed = {"train": digits["train"], "test": digits["test"]}
+    original = digits["train"].images[victim].copy()
+    digits_changed["train"].images.setflags(write=True)
+    digits_changed["train"].images[victim, 0, 0, 0] ^= 1
+    try:
+        with pytest.raises(IntegrityError, match=rf"retain.csv:7: sha256 mismatch for "
+                                                  rf"digits:train:{victim}"):
+            read_manifest(path, digits_changed)
+    finally:
+        digits["train"].images[victim] = original
+
+
+def test_tampered_manifest_is_caught(digits, tmp_path):
+    s = make(digits)
+    path = tmp_path / "forget.csv"
+    write_manifest(path, s["forget"], digits["train"])
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace("digits:train:", "digits:train:9999")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(IntegrityError, match="forget.csv:3: bad or unknown sample id"):
+        read_manifest(path, digits)

@@ -1,0 +1,45 @@
+"""User mistakes end in one clear line, exit code 2, no traceback and nothing written."""
+
+import subprocess
+
+import pytest
+import yaml
+
+
+def run_stage(ws, env, stage):
+    return subprocess.run(["python", "-m", f"flows.{stage}"], cwd=ws, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def set_params(ws, **sections):
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for key, value in sections.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"forget__classes": ["sneakerz"]}, "unknown class(es) 'sneakerz'"),
+    ({"forget__classes": list(range(10))}, "the forget set is the whole training set"),
+    ({"forget__claases": [3]}, "unknown key 'forget.claases' (did you mean 'forget.classes'?)"),
+    ({"unlearn__method": "magic"}, "unknown method"),
+    ({"data__dataset": "fashion-mnist", "data__path": "/nonexistent"},
+     "Fashion-MNIST directory not found: /nonexistent"),
+])
+def test_prepare_refuses_bad_input_cleanly(workspace, change, message):
+    ws, env = workspace
+    set_params(ws, **change)
+    proc = run_stage(ws, env, "prepare")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (ws / "data/splits").exists()
+
+
+def test_stage_before_its_inputs_says_what_to_run(workspace):
+    ws, env = workspace
+    proc = run_stage(ws, env, "decouple")
+    assert proc.returncode == 2
+    assert "split manifest missing" in proc.stderr and "run the prepare stage" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
