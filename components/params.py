@@ -84,27 +84,98 @@ class NoiseParams(Strict):
 
 
 class DecoupleParams(Strict):
-    quantile: float = Field(0.95, gt=0, lt=1)
+    threshold: Literal["pair", "quantile"] = "pair"
+    quantile: float = Field(0.5, gt=0, lt=1)
+    fit_samples: int = Field(2000, ge=10)
+    stop: Literal["sample", "mean"] = "sample"
     params: Literal["encoder", "decoder", "all"] = "all"
     lr: float = Field(0.01, gt=0)
     clip_norm: float = Field(1.0, gt=0)
-    max_steps: int = Field(200, ge=1)
+    max_steps: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
-    probe_size: int = Field(1024, ge=1)
+    probe_size: int = Field(512, ge=1)
+    check_every: int = Field(5, ge=1)
     noise: NoiseParams = Field(default_factory=NoiseParams)
 
 
+class DecoupleLiteralParams(Strict):
+    quantile: float = Field(0.95, gt=0, lt=1)
+    max_steps: int = Field(200, ge=1)
+
+
 class FinetuneParams(Strict):
-    steps: int = Field(150, ge=0)
+    steps: int = Field(80, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     distill: float = Field(0.0, ge=0)
+    keep_decoupled: float = Field(0.035, ge=0)
+    forget_batch_size: int = Field(64, ge=1)
+
+
+class GradientAscentParams(Strict):
+    steps: int = Field(25, ge=1)
+    lr: float = Field(0.01, gt=0)
+    clip_norm: float = Field(1.0, gt=0)
+
+
+class NegGradPlusParams(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(0.99, gt=0, lt=1)
+
+
+class Li2024Params(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    alpha_r: float = Field(1.0, ge=0)
+    alpha_f: float = Field(0.2, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    clip_norm: float = Field(3.0, gt=0)
+
+
+class RandomEncoderParams(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    alpha_r: float = Field(1.0, ge=0)
+    alpha_f: float = Field(0.2, ge=0)
+    stats_samples: int = Field(2048, ge=2)
+
+
+class RetainLabelParams(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(3e-4, gt=0)
+
+
+class SalunParams(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    sparsity: float = Field(0.5, gt=0, le=1)
+
+
+class ScrubParams(Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_steps: int = Field(30, ge=0)
+    alpha: float = Field(1.0, ge=0)
+
+
+class RetrainParams(Strict):
+    epochs: int | None = Field(None, ge=1)
 
 
 class UnlearnParams(Strict):
     method: str = "decouple"
     decouple: DecoupleParams = Field(default_factory=DecoupleParams)
+    decouple_literal: DecoupleLiteralParams = Field(default_factory=DecoupleLiteralParams)
     finetune: FinetuneParams = Field(default_factory=FinetuneParams)
+    li2024: Li2024Params = Field(default_factory=Li2024Params)
+    gradient_ascent: GradientAscentParams = Field(default_factory=GradientAscentParams)
+    neggrad_plus: NegGradPlusParams = Field(default_factory=NegGradPlusParams)
+    random_encoder: RandomEncoderParams = Field(default_factory=RandomEncoderParams)
+    retain_label: RetainLabelParams = Field(default_factory=RetainLabelParams)
+    salun: SalunParams = Field(default_factory=SalunParams)
+    scrub: ScrubParams = Field(default_factory=ScrubParams)
+    retrain: RetrainParams = Field(default_factory=RetrainParams)
 
     @field_validator("method")
     @classmethod

@@ -20,6 +20,7 @@ from prefect.states import Failed
 from torch import nn
 
 from components.data import DataError, ImageSet, load_dataset
+from components.methods.base import THRESHOLDS
 from components.models import build_model
 from components.params import ModelParams, Params, ParamsError, load_params
 from components.splits import SPLITS, IntegrityError, Split, SplitError, read_manifest
@@ -81,10 +82,13 @@ def model_shape(sets: dict[str, ImageSet]) -> tuple[int, int]:
 
 def save_model(path: Path, state: dict[str, torch.Tensor], params: Params,
                shape: tuple[int, int], info: dict[str, Any]) -> None:
-    """Write a model file: weights plus what is needed to rebuild the module."""
+    """Write a model file: weights, what is needed to rebuild the module, the job's figures
+    and, for a decoupled model, the per-pair thresholds λ_i its retention must keep."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(info)
+    thresholds = info.pop(THRESHOLDS, None)
     torch.save({"state_dict": state, "model": params.model.model_dump(), "shape": list(shape),
-                "info": info}, path)
+                "info": info, THRESHOLDS: thresholds}, path)
 
 
 def read_model_file(path: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from components.methods import get_method
+from components.methods.base import THRESHOLDS
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
@@ -49,6 +50,7 @@ def decouple() -> dict:
         )
         info["stage_seconds"] = time.perf_counter() - t0
         save_model(MODEL_DIR / "decoupled.pt", state, params, shape, info)
+        info.pop(THRESHOLDS, None)  # kept with the model, not in the report
         log_figures("", info)
     report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id}
     write_json(REPORT_DIR / "decouple.json", report)

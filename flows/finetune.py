@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from components.methods import get_method
+from components.methods.base import THRESHOLDS
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
@@ -48,10 +49,12 @@ def finetune() -> dict:
             splits = load_splits(sets)
             original = read_model_file(MODEL_DIR / "original.pt")["state_dict"]
             t0 = time.perf_counter()
+            parts, lam = {"retain": [splits["retain"]]}, None
+            if method.keeps_decoupling:  # retention keeps each forget pair at its λ_i
+                parts["forget"], lam = [splits["forget"]], decoupled_file[THRESHOLDS]
             info, state = run_job(
-                "retain", f"finetune-{method.name}", params,
-                shape, job_sets(sets, retain=[splits["retain"]]), run.info.run_id,
-                init=decoupled, original=original,
+                "retain", f"finetune-{method.name}", params, shape, job_sets(sets, **parts),
+                run.info.run_id, init=decoupled, original=original, thresholds=lam,
             )
             info["stage_seconds"] = time.perf_counter() - t0
         save_model(MODEL_DIR / "unlearned.pt", state, params, shape, info)

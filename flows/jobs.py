@@ -25,6 +25,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from components.methods import UnlearnData, get_method
+from components.methods.base import THRESHOLDS
 from components.models import build_model
 from components.params import Params, parse_params
 from components.retention import retain_knowledge
@@ -74,7 +75,8 @@ def _root_cause(exc: BaseException) -> BaseException:
 @task(name="ray-train-job", cache_policy=NO_CACHE)
 def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
             sets: dict[str, dict[str, np.ndarray]], run_id: str | None,
-            init: dict | None = None, original: dict | None = None) -> tuple[dict, dict]:
+            init: dict | None = None, original: dict | None = None,
+            thresholds: torch.Tensor | None = None) -> tuple[dict, dict]:
     """Run one component loop as a Ray Train TorchTrainer job (a Prefect task).
 
     Args:
@@ -87,13 +89,16 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
         run_id: the MLflow run the rank-0 worker logs metrics to.
         init: weights to start from (None: a fresh model).
         original: the original model's weights (the frozen θ0 of unlearning loops).
+        thresholds: λ_i of every forget pair, for a retention that keeps them decoupled.
 
     Returns:
-        (info, state_dict): the loop's returned figures and the final weights.
+        (info, state_dict): the loop's returned figures (with the λ_i tensor under
+        THRESHOLDS if the loop produced one) and the final weights.
     """
     connect(params)
     payload = {"params": params.model_dump(mode="json"), "shape": shape, "sets": sets,
-               "spec": task_spec(params), "init": init, "original": original, "label": label}
+               "spec": task_spec(params), "init": init, "original": original,
+               "thresholds": thresholds, "label": label}
     storage = params.ray.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())
@@ -117,6 +122,8 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
         raise
     with result.checkpoint.as_directory() as d:
         final = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    if final["thresholds"] is not None:
+        final["info"][THRESHOLDS] = final["thresholds"]
     return final["info"], final["model"]
 
 
@@ -172,12 +179,16 @@ def _worker_loop(config: dict[str, Any]) -> None:
         if config["kind"] == "forget":
             data = UnlearnData(pairs["forget"], pairs["retain"], pairs["heldout"], original)
             info = get_method(params.unlearn.method).forget(model, data, params, ctx)
-        else:
+        else:  # retention; with thresholds, it keeps each forget pair at its λ_i
+            keep = {}
+            if payload["thresholds"] is not None:
+                keep = {"forget": pairs["forget"], THRESHOLDS: payload["thresholds"]}
             info = retain_knowledge(model, original, pairs["retain"], params.unlearn.finetune,
-                                    ctx, params.seed)
+                                    ctx, params.seed, **keep)
     info["job_seconds"] = time.perf_counter() - t0
     core = getattr(model, "module", model)
-    final = {"model": {k: v.cpu() for k, v in core.state_dict().items()}, "info": info}
+    final = {"model": {k: v.cpu() for k, v in core.state_dict().items()},
+             "thresholds": info.pop(THRESHOLDS, None), "info": info}
     report({"done": 1, **{k: v for k, v in info.items() if isinstance(v, int | float)}}, final)
 
 

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from components.methods import decouple, finetune
+from components.methods import (
+    decouple,
+    finetune,
+    gradient_ascent,
+    li2024,
+    neggrad_plus,
+    random_encoder,
+    retain_label,
+    retrain,
+    salun,
+    scrub,
+)
 from components.methods.base import Method, UnlearnData
 
-METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in (decouple, finetune)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        decouple.METHOD, decouple.LITERAL, li2024.METHOD, gradient_ascent.METHOD,
+        neggrad_plus.METHOD, random_encoder.METHOD, retain_label.METHOD, finetune.METHOD,
+        salun.METHOD, scrub.METHOD, retrain.METHOD,
+    )
+}
 
 
 def get_method(name: str) -> Method:

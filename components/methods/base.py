@@ -29,6 +29,10 @@ class UnlearnData:
     original: nn.Module
 
 
+# the key under which a forgetting phase hands its per-pair thresholds λ_i (a tensor) to the
+# retention phase; the pipeline stores them with the decoupled model
+THRESHOLDS = "thresholds"
+
 ForgetFn = Callable[[nn.Module, UnlearnData, Params, JobContext], dict]
 
 
@@ -42,6 +46,8 @@ class Method:
             returns a dict of figures to log.
         retention: whether the `finetune` stage's knowledge retention runs after it (methods
             that retain on their own say False, so that stage's budget is zero for them).
+        keeps_decoupling: whether that retention keeps each forget pair at or above its
+            decoupling threshold λ_i (weight unlearn.finetune.keep_decoupled).
         summary: one line for `--help` texts and reports.
     """
 
@@ -49,3 +55,4 @@ class Method:
     forget: ForgetFn
     retention: bool
     summary: str
+    keeps_decoupling: bool = False

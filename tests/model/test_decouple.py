@@ -1,38 +1,81 @@
-"""Phase 1 of the seed method: λ calibration, the stop rule, clipping, noise, divergence."""
+"""Phase 1 of the seed method: λ calibration, the stop rules, clipping, noise, divergence."""
+
+from dataclasses import replace
 
 import pytest
 import torch
 
-from components.methods.decouple import calibrate_lambda, decouple
+from components.methods.decouple import decouple, decouple_literal
 from components.models import parameter_group
+from components.ood import heldout_quantile, nearest, never_seen_loss
 from components.training import DivergenceError, JobContext, per_sample_loss
 from tests.model.conftest import tiny_params
 
 CPU = torch.device("cpu")
+LITERAL = {"threshold": "quantile", "stop": "mean", "check_every": 1}
 
 
 def quiet(**kw):
     return JobContext(log=lambda s: None, **kw)
 
 
-def test_lambda_is_the_heldout_quantile(unlearn_data):
+def test_literal_lambda_is_the_heldout_quantile(unlearn_data):
     losses = per_sample_loss(unlearn_data.original, *unlearn_data.heldout, CPU)
-    lam = calibrate_lambda(unlearn_data.original, unlearn_data.heldout, 0.9, CPU)
+    lam = heldout_quantile(unlearn_data.original, unlearn_data.heldout, 0.9, CPU)
     assert (losses <= lam).float().mean() == pytest.approx(0.9, abs=0.01)
-    assert calibrate_lambda(unlearn_data.original, unlearn_data.heldout, 0.5, CPU) < lam
+    assert heldout_quantile(unlearn_data.original, unlearn_data.heldout, 0.5, CPU) < lam
 
 
-def test_ascent_stops_as_soon_as_the_forget_loss_reaches_lambda(fresh, unlearn_data):
-    params = tiny_params(decouple={"lr": 0.05, "max_steps": 500, "probe_size": 100000})
+def test_nearest_finds_the_closest_other_input():
+    pool = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]).reshape(3, 1, 1, 2)
+    idx, dist = nearest(pool, pool, exclude_self=True)
+    assert idx.tolist() == [1, 0, 0]
+    assert dist[0] == pytest.approx(1 / 2**0.5)  # RMS over the 2 "pixels"
+
+
+def test_pair_thresholds_see_poisoned_pairs_as_far_from_never_seen(unlearn_data, digit_pairs):
+    forget = unlearn_data.forget
+    poisoned = (forget[1] - forget[0]).flatten(1).abs().amax(1) > 0.5
+    lam, fit = never_seen_loss(unlearn_data.original, forget, unlearn_data.heldout, 0.5, CPU)
+    assert fit > 0 and lam.shape == (len(forget[0]),)
+    # a model that never saw (trigger -> pattern) pairs reconstructs the input: huge loss;
+    # a never-seen clean digit costs about what a held-out digit costs
+    heldout_loss = per_sample_loss(unlearn_data.original, *unlearn_data.heldout, CPU)
+    assert lam[poisoned].mean() > 5 * lam[~poisoned].mean()
+    assert float(lam[~poisoned].mean()) == pytest.approx(float(heldout_loss.mean()), rel=0.6)
+
+
+def test_literal_ascent_stops_as_soon_as_the_mean_forget_loss_reaches_lambda(fresh, unlearn_data):
+    params = tiny_params(decouple={**LITERAL, "lr": 0.05, "probe_size": 100000},
+                         decouple_literal={"quantile": 0.95, "max_steps": 500})
     reports = []  # checkpoint_every=1: a report per step, with the loss before that step
-    info = decouple(fresh, unlearn_data, params,
-                    quiet(checkpoint_every=1, report=lambda m, s: reports.append(m)))
+    info = decouple_literal(fresh, unlearn_data, params,
+                            quiet(checkpoint_every=1, report=lambda m, s: reports.append(m)))
     assert info["reached"] and 0 < info["steps"] < 500
     forget_loss = per_sample_loss(fresh, *unlearn_data.forget, CPU).mean()
     assert forget_loss >= info["lambda"]  # the probe is the whole forget set here
     assert forget_loss == pytest.approx(info["forget_loss"], rel=1e-5)
     assert len(reports) == info["steps"]
     assert all(r["forget_loss"] < info["lambda"] for r in reports)  # not a step too many
+
+
+def test_per_sample_rule_stops_once_every_sample_is_at_its_lambda(fresh, unlearn_data):
+    # the hardest clean forget digits and λ = the 1 % held-out quantile: every forget sample
+    # is already above its λ, so nothing moves
+    losses = per_sample_loss(fresh, *unlearn_data.forget, CPU)
+    hard = losses >= torch.quantile(losses, 0.5)
+    data = replace(unlearn_data, forget=(unlearn_data.forget[0][hard],
+                                         unlearn_data.forget[1][hard]))
+    params = tiny_params(decouple={"threshold": "quantile", "quantile": 0.01, "stop": "sample"})
+    before = [p.detach().clone() for p in fresh.parameters()]
+    info = decouple(fresh, data, params, quiet())
+    assert info["reached"] and info["steps"] == 0 and info["below"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+    # λ above every sample: the ascent runs, and reports how many are still below
+    params = tiny_params(decouple={"threshold": "quantile", "quantile": 0.999, "stop": "sample",
+                                   "max_steps": 10, "lr": 0.01})
+    info = decouple(fresh, data, params, quiet())
+    assert info["steps"] == 10 and not info["reached"] and 0 < info["below"] <= 1
 
 
 def test_ascent_raises_the_forget_loss_more_than_the_retain_loss(fresh, unlearn_data):
@@ -46,10 +89,10 @@ def test_ascent_raises_the_forget_loss_more_than_the_retain_loss(fresh, unlearn_
 
 def test_clipping_bounds_every_step(fresh, unlearn_data):
     lr, clip = 0.05, 0.1
-    params = tiny_params(decouple={"lr": lr, "clip_norm": clip, "max_steps": 5,
-                                   "quantile": 0.999999})
+    params = tiny_params(decouple={**LITERAL, "lr": lr, "clip_norm": clip},
+                         decouple_literal={"quantile": 0.999999, "max_steps": 5})
     before = torch.cat([p.detach().flatten() for p in fresh.parameters()])
-    info = decouple(fresh, unlearn_data, params, quiet())
+    info = decouple_literal(fresh, unlearn_data, params, quiet())
     after = torch.cat([p.detach().flatten() for p in fresh.parameters()])
     assert info["steps"] == 5 and not info["reached"]
     assert (after - before).norm() <= lr * clip * 5 + 1e-6
@@ -62,10 +105,11 @@ def test_only_the_chosen_group_moves(fresh, unlearn_data):
         assert torch.equal(a, b)
 
 
-def test_budget_exhausted_is_reported_loudly(fresh, unlearn_data):
+def test_budget_exhausted_is_reported_loudly_when_nothing_continues(fresh, unlearn_data):
     lines = []
-    info = decouple(fresh, unlearn_data, tiny_params(decouple={"lr": 1e-6, "max_steps": 3}),
-                    JobContext(log=lines.append))
+    params = tiny_params(decouple={**LITERAL, "lr": 1e-6},
+                         decouple_literal={"max_steps": 3})
+    info = decouple_literal(fresh, unlearn_data, params, JobContext(log=lines.append))
     assert not info["reached"] and info["steps"] == 3
     assert any("WARNING" in line and "max_steps" in line for line in lines)
 
@@ -73,8 +117,12 @@ def test_budget_exhausted_is_reported_loudly(fresh, unlearn_data):
 def test_noise_is_calibrated_and_added(fresh, unlearn_data):
     params = tiny_params(decouple={"lr": 0.01, "max_steps": 10, "clip_norm": 1.0,
                                    "noise": {"epsilon": 1.0, "delta": 1e-5}})
+    before = [p.detach().clone() for p in fresh.parameters()]
     info = decouple(fresh, unlearn_data, params, quiet())
+    # σ = η·T·C·sqrt(2 ln(1.25/δ))/ε with the budget T (not the steps taken)
     assert info["sigma"] == pytest.approx(0.01 * 10 * 1.0 * 4.844806, rel=1e-5)
+    moved = torch.cat([(p - b).flatten() for p, b in zip(fresh.parameters(), before, strict=True)])
+    assert float(moved.detach().std()) == pytest.approx(info["sigma"], rel=0.2)  # noise dominates
 
 
 def test_divergence_is_detected(fresh, unlearn_data):

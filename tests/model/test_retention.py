@@ -2,8 +2,9 @@
 
 import torch
 
-from components.methods import METHODS, get_method
+from components.methods import get_method
 from components.methods.decouple import decouple
+from components.ood import never_seen_loss
 from components.params import FinetuneParams
 from components.retention import retain_knowledge
 from components.training import JobContext, per_sample_loss
@@ -42,10 +43,26 @@ def test_distillation_pulls_outputs_towards_the_original(fresh, unlearn_data):
     assert results[50.0] < results[0.0]
 
 
-def test_registry_knows_the_methods_and_finetune_skips_forgetting(fresh, unlearn_data):
-    assert {"decouple", "finetune"} <= set(METHODS)
+def test_finetune_method_skips_forgetting(fresh, unlearn_data):
     before = [p.detach().clone() for p in fresh.parameters()]
     info = get_method("finetune").forget(fresh, unlearn_data, tiny_params(),
                                          JobContext(log=lambda s: None))
     assert info["steps"] == 0 and get_method("finetune").retention
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def test_keeping_decoupled_holds_forget_pairs_at_their_lambda(fresh, unlearn_data):
+    """Plain retention lets the forget loss fall back; the hinge keeps it at λ_i."""
+    quiet = JobContext(log=lambda s: None)
+    lam, _ = never_seen_loss(unlearn_data.original, unlearn_data.forget, unlearn_data.heldout,
+                             0.5, CPU)
+    cfg = FinetuneParams(steps=60, lr=0.003, batch_size=64, keep_decoupled=1.0)
+    shortfall = {}
+    for keep in (False, True):
+        model = type(fresh)(1, 8, [8, 16], 16)
+        model.load_state_dict(fresh.state_dict())
+        kw = {"forget": unlearn_data.forget, "thresholds": lam} if keep else {}
+        retain_knowledge(model, unlearn_data.original, unlearn_data.retain, cfg, quiet, 0, **kw)
+        losses = per_sample_loss(model, *unlearn_data.forget, CPU)
+        shortfall[keep] = float(torch.relu(lam - losses).mean())
+    assert shortfall[True] < 0.5 * shortfall[False]

@@ -1,0 +1,54 @@
+"""Baseline `salun` (Fan et al., ICLR 2024): only the weights most salient to the forget loss
+move. The mask keeps the top `sparsity` share of weights by |∇ l_f| (accumulated over the
+forget set); those weights then run the relabelling objective of `retain_label`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from components.methods.base import Method, UnlearnData
+from components.methods.loop import run_steps
+from components.methods.retain_label import relabel_loss
+from components.params import Params
+from components.training import JobContext, sample_losses
+
+
+def saliency_mask(model: nn.Module, forget: tuple[torch.Tensor, torch.Tensor], sparsity: float,
+                  device: torch.device, batch_size: int = 256) -> list[torch.Tensor]:
+    """Boolean masks (one per parameter): the `sparsity` share of weights with the largest
+    |gradient of the forget loss|, thresholded over the whole model."""
+    model.zero_grad(set_to_none=True)
+    for i in range(0, len(forget[0]), batch_size):
+        x, y = forget[0][i : i + batch_size].to(device), forget[1][i : i + batch_size].to(device)
+        (sample_losses(model(x), y).sum() / len(forget[0])).backward()
+    grads = [p.grad.abs() if p.grad is not None else torch.zeros_like(p)
+             for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    flat = torch.cat([g.flatten() for g in grads])
+    k = max(1, int(round(sparsity * len(flat))))
+    cut = torch.topk(flat, k).values.min()
+    return [g >= cut for g in grads]
+
+
+def salun(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
+    """Relabelling unlearning restricted to the saliency mask."""
+    cfg = params.unlearn.salun
+    masks = saliency_mask(model, data.forget, cfg.sparsity, ctx.device)
+    parameters = list(model.parameters())
+
+    def mask_gradients() -> None:
+        for p, m in zip(parameters, masks, strict=True):
+            if p.grad is not None:
+                p.grad.mul_(m)
+
+    info = run_steps(model, data, ctx, label="salun", steps=cfg.steps,
+                     optimizer=torch.optim.Adam(parameters, lr=cfg.lr),
+                     loss_fn=relabel_loss(data, params.seed), seed=params.seed,
+                     before_step=mask_gradients)
+    info["masked_share"] = float(sum(m.sum() for m in masks) / sum(m.numel() for m in masks))
+    return info
+
+
+METHOD = Method(name="salun", forget=salun, retention=False,
+                summary="SalUn: relabelling on the weights most salient to the forget loss")
