@@ -11,7 +11,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data demo test test-slow lint clean
+.PHONY: setup data demo test test-slow benchmark lint clean
 
 setup: $(VENV)/.installed
 
@@ -35,11 +35,17 @@ demo: setup data
 	dvc push --quiet
 	python -m flows.summary
 
+# every method x seeds x scenarios -> reports/benchmark.{json,md,png}; DATASET=cifar10 DATA=<dir>
+benchmark: setup data
+	python -m flows.benchmark $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data $(DATA))
+
 # pytest exits 5 when it collected no test: that is a failure here, never a pass
 test: setup data
 	$(PYTEST) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 
 test-slow: setup data
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 	$(PYTEST) -m slow || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 
 lint: setup

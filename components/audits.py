@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from components.backdoor import attack_success_rate, target_pattern
-from components.tasks import TaskSpec, add_trigger, apply_task
+from components.tasks import TaskSpec, add_trigger, apply_task, build_pairs
 from components.training import per_sample_loss, predict
 
 
@@ -36,6 +37,22 @@ def ood_auroc(forget_losses: torch.Tensor, retain_losses: torch.Tensor) -> float
     return _auc(forget_losses.numpy(), retain_losses.numpy())
 
 
+def mia_efficacy(forget_losses: torch.Tensor, retain_losses: torch.Tensor,
+                 test_losses: torch.Tensor) -> float:
+    """SalUn-style learned MIA: a classifier on loss features, trained on retain (members) vs
+    test (non-members), applied to the forget set. Returns the share of forget samples it
+    calls non-members (higher: more forgotten; read it against the retrained model's)."""
+    n = min(len(retain_losses), len(test_losses))
+    x = np.r_[_log_loss(retain_losses[:n]), _log_loss(test_losses[:n])]
+    y = np.r_[np.ones(n), np.zeros(n)]
+    clf = LogisticRegression().fit(x, y)
+    return float((clf.predict(_log_loss(forget_losses)) == 0).mean())
+
+
+def _log_loss(losses: torch.Tensor) -> np.ndarray:
+    return np.log(losses.numpy().clip(1e-8))[:, None]
+
+
 def triggered_inputs(images: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
     """T(x + trigger) for clean float images: what the backdoor audit feeds the model."""
     return apply_task(add_trigger(images, spec), spec)
@@ -54,21 +71,35 @@ def audit_model(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torc
     Args:
         model: the model to audit.
         data: "forget" (the clean forget samples), "retain" (retain-train samples),
-            "heldout" (never-trained samples of the forget classes) as (inputs, targets),
-            and "triggered" (held-out inputs with the trigger; targets unused).
+            "heldout" (never-trained samples of the forget classes), "test" (the test split)
+            as (inputs, targets), and "triggered" (held-out inputs with the trigger).
         spec: task and backdoor geometry.
         threshold: correlation with P above which an output counts as an attack success.
         device: where to run the model.
 
     Returns:
-        mia_auc, ood_auroc, backdoor_asr and the mean loss of each set.
+        mia_auc, mia_efficacy, ood_auroc, backdoor_asr and the mean loss of each set.
     """
     model = model.to(device).eval()
-    losses = {k: per_sample_loss(model, *data[k], device) for k in ("forget", "retain", "heldout")}
+    losses = {k: per_sample_loss(model, *data[k], device)
+              for k in ("forget", "retain", "heldout", "test")}
     triggered = predict(model, data["triggered"][0], device)
     return {
         "mia_auc": mia_auc(losses["forget"], losses["heldout"]),
+        "mia_efficacy": mia_efficacy(losses["forget"], losses["retain"], losses["test"]),
         "ood_auroc": ood_auroc(losses["forget"], losses["retain"]),
         "backdoor_asr": backdoor_asr(triggered, spec, threshold),
         **{f"{k}_loss": float(v.mean()) for k, v in losses.items()},
     }
+
+
+def eval_pairs(images: dict[str, np.ndarray], spec: TaskSpec
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Clean (input, target) pairs of named uint8 image sets; a set named "triggered" gets
+    the trigger stamped on its inputs (its targets stay the clean images)."""
+    out = {}
+    for name, batch in images.items():
+        inputs, targets = build_pairs(batch, np.zeros(len(batch), bool), spec)
+        out[name] = (triggered_inputs(targets, spec), targets) if name == "triggered" \
+            else (inputs, targets)
+    return out

@@ -8,6 +8,7 @@ deletion requests can refer to it.
 from __future__ import annotations
 
 import gzip
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,11 +141,43 @@ def make_shapes(split: str, n: int = 1200, size: int = 16, seed: int = 0) -> Ima
     return ImageSet("shapes", split, images, labels.astype(np.int64), list(SHAPE_CLASSES))
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"]
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"missing CIFAR-10 batch {path} (data.path must be the "
+                        "cifar-10-batches-py folder)")
+    try:
+        with path.open("rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # noqa: S301 - the CIFAR format is pickle
+        data = np.asarray(batch[b"data"], np.uint8)
+        labels = np.asarray(batch[b"labels"], np.int64)
+        images = data.reshape(len(data), 3, 32, 32)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
+    if len(images) != len(labels):
+        raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def load_cifar10(path: str | Path, split: str) -> ImageSet:
+    """CIFAR-10 from its python pickles (data_batch_1..5, test_batch), 3x32x32 uint8."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"CIFAR-10 directory not found: {root}")
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    parts = [_read_cifar_batch(root / n) for n in names]
+    return ImageSet("cifar10", split, np.concatenate([p[0] for p in parts]),
+                    np.concatenate([p[1] for p in parts]), list(CIFAR10_CLASSES))
+
+
 def load_dataset(name: str, path: str | Path, split: str) -> ImageSet:
     """Load one split of a dataset by name.
 
     Args:
-        name: "fashion-mnist", "digits" or "shapes".
+        name: "fashion-mnist", "cifar10", "digits" or "shapes".
         path: directory of the dataset files (ignored by bundled/generated sets).
         split: "train" or "test".
 
@@ -155,6 +188,8 @@ def load_dataset(name: str, path: str | Path, split: str) -> ImageSet:
         raise DataError(f"unknown split {split!r} (train or test)")
     if name == "fashion-mnist":
         return load_fashion_mnist(path, split)
+    if name == "cifar10":
+        return load_cifar10(path, split)
     if name == "digits":
         return load_digits(split)
     if name == "shapes":

@@ -71,7 +71,7 @@ def heldout_quantile(original: nn.Module, heldout: tuple[torch.Tensor, torch.Ten
 
 def never_seen_loss(original: nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
                     heldout: tuple[torch.Tensor, torch.Tensor], quantile: float,
-                    device: torch.device, fit_samples: int = 2000) -> tuple[torch.Tensor, float]:
+                    device: torch.device, pool_size: int = 2000) -> tuple[torch.Tensor, float]:
     """Per-pair λ_i: the estimated loss of a never-seen model on each forget pair.
 
     Args:
@@ -80,18 +80,21 @@ def never_seen_loss(original: nn.Module, forget: tuple[torch.Tensor, torch.Tenso
         heldout: (inputs, targets) of held-out pairs (never trained on).
         quantile: q of the fit of L (0.5: the estimate is exact for the median held-out pair).
         device: where to run the model.
-        fit_samples: held-out pairs (the first ones) on which L is fitted; their neighbours
-            come from the whole held-out set, as the forget pairs' do.
+        pool_size: held-out pairs (evenly spaced) that stand in for never-seen pairs: L is
+            fitted on them (each with its nearest other pool member) and the forget pairs
+            take their neighbours from them. The same pool on both sides keeps the
+            correction consistent with the neighbour distances; 2,000 costs a third of 6,000.
 
     Returns:
         (λ_i for every forget pair, the fitted L).
     """
-    h_in, h_target = heldout
+    # evenly spaced, not the first ones: datasets stored class by class stay balanced
+    pick = torch.linspace(0, len(heldout[0]) - 1, min(pool_size, len(heldout[0]))).long()
+    h_in, h_target = heldout[0][pick], heldout[1][pick]
     h_out = predict(original, h_in, device)
-    n = min(fit_samples, len(h_in))
-    real = rms(h_out[:n], h_target[:n])
-    nn_h, dist_h = nearest(h_in[:n], h_in, exclude_self=True)
-    lipschitz = (rms(h_out[nn_h], h_target[:n]) - real) / dist_h.clamp_min(1e-6)
+    real = rms(h_out, h_target)
+    nn_h, dist_h = nearest(h_in, h_in, exclude_self=True)
+    lipschitz = (rms(h_out[nn_h], h_target) - real) / dist_h.clamp_min(1e-6)
     fit = float(torch.quantile(lipschitz, quantile))
     nn_f, dist_f = nearest(forget[0], h_in)
     bound = (rms(h_out[nn_f], forget[1]) - fit * dist_f).clamp_min(0)
@@ -101,7 +104,7 @@ def never_seen_loss(original: nn.Module, forget: tuple[torch.Tensor, torch.Tenso
 def decoupling_thresholds(original: nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
                           heldout: tuple[torch.Tensor, torch.Tensor], rule: str,
                           quantile: float, device: torch.device,
-                          fit_samples: int = 2000) -> tuple[torch.Tensor, dict]:
+                          pool_size: int = 2000) -> tuple[torch.Tensor, dict]:
     """λ for every forget pair under `rule` ("pair" or "quantile").
 
     Returns:
@@ -111,6 +114,6 @@ def decoupling_thresholds(original: nn.Module, forget: tuple[torch.Tensor, torch
         lam = heldout_quantile(original, heldout, quantile, device)
         return torch.full((len(forget[0]),), lam), {"lambda": lam}
     if rule == "pair":
-        lam_i, fit = never_seen_loss(original, forget, heldout, quantile, device, fit_samples)
+        lam_i, fit = never_seen_loss(original, forget, heldout, quantile, device, pool_size)
         return lam_i, {"lambda": float(lam_i.mean()), "lipschitz": fit}
     raise ValueError(f"unknown decoupling threshold rule {rule!r} (pair or quantile)")

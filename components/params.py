@@ -18,12 +18,24 @@ class ParamsError(ValueError):
     """A user mistake in params.yaml (or a -S override): the message says what and where."""
 
 
+def _check_methods(names: list[str]) -> list[str]:
+    """Refuse names the method registry does not know, suggesting the closest."""
+    from components.methods import METHODS  # the registry imports this module
+
+    for name in names:
+        if name not in METHODS:
+            close = difflib.get_close_matches(name, list(METHODS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))}){hint}")
+    return names
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class DataParams(Strict):
-    dataset: Literal["fashion-mnist", "digits", "shapes"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "cifar10", "digits", "shapes"] = "fashion-mnist"
     path: str = "/usr/share/datasets/fashion-mnist"
     heldout_fraction: float = Field(0.1, gt=0, lt=0.5)
     max_train: int | None = Field(None, gt=0)
@@ -86,7 +98,7 @@ class NoiseParams(Strict):
 class DecoupleParams(Strict):
     threshold: Literal["pair", "quantile"] = "pair"
     quantile: float = Field(0.5, gt=0, lt=1)
-    fit_samples: int = Field(2000, ge=10)
+    pool_size: int = Field(2000, ge=10)
     stop: Literal["sample", "mean"] = "sample"
     params: Literal["encoder", "decoder", "all"] = "all"
     lr: float = Field(0.01, gt=0)
@@ -180,17 +192,26 @@ class UnlearnParams(Strict):
     @field_validator("method")
     @classmethod
     def _registered(cls, v: str) -> str:
-        from components.methods import METHODS  # the registry imports this module
+        return _check_methods([v])[0]
 
-        if v not in METHODS:
-            close = difflib.get_close_matches(v, list(METHODS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown method (known: {', '.join(sorted(METHODS))}){hint}")
-        return v
+
+class ToleranceParams(Strict):
+    backdoor_asr: float = Field(0.05, ge=0)
+    mia_auc: float = Field(0.05, ge=0)
+    mia_efficacy: float = Field(0.1, ge=0)
+    ood_auroc: float = Field(0.1, ge=0)
+
+
+class AbsoluteParams(Strict):
+    backdoor_asr: float = Field(0.05, ge=0, le=1)
+    mia_auc: float = Field(0.55, ge=0, le=1)
+    ood_auroc: float = Field(0.95, ge=0, le=1)
 
 
 class AuditParams(Strict):
     max_samples: int = Field(2000, ge=10)
+    tolerance: ToleranceParams = Field(default_factory=ToleranceParams)
+    absolute: AbsoluteParams = Field(default_factory=AbsoluteParams)
 
 
 class EvaluateParams(Strict):
@@ -212,6 +233,37 @@ class MlflowParams(Strict):
     model_name: str = "fashion-mnist-ae"
 
 
+
+
+DEFAULT_SCENARIOS: dict[str, dict[str, Any]] = {
+    # forget one class, a backdoor planted in a tenth of it
+    "class": {"forget": {"kind": "class", "classes": [7]},
+              "backdoor": {"enabled": True, "fraction": 0.1}},
+    # forget 1 % of the training samples, the backdoor planted in half of exactly those
+    # (all of them would leave no clean forget sample for the membership audit)
+    "sample": {"forget": {"kind": "sample", "fraction": 0.01},
+               "backdoor": {"enabled": True, "fraction": 0.5}},
+    # 2,000 images trained 100 epochs: the original's MIA AUC on the forget set is ~0.66
+    "memorize": {"data": {"max_train": 2000, "heldout_fraction": 0.3},
+                 "forget": {"kind": "sample", "fraction": 0.05},
+                 "backdoor": {"enabled": False}, "train": {"epochs": 100}},
+}
+
+
+class BenchmarkParams(Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    methods: list[str] = Field(default_factory=lambda: [
+        "decouple", "decouple_literal", "li2024", "gradient_ascent", "neggrad_plus",
+        "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain"])
+    parallel_jobs: int = Field(2, ge=1)
+    scenarios: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_SCENARIOS))
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, v: list[str]) -> list[str]:
+        return _check_methods(v)
+
+
 class Params(Strict):
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
@@ -224,6 +276,7 @@ class Params(Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     ray: RayParams = Field(default_factory=RayParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -110,6 +110,9 @@ def split_forget_retain(
         raise SplitError("the forget set is the whole training set: nothing would be left to "
                          "retain (forget fewer classes or a smaller fraction)")
     n_poison = int(round(len(forget) * poison_fraction))
+    if n_poison == len(forget):
+        raise SplitError("backdoor.fraction would poison every forget sample, leaving none clean "
+                         "for the membership and OOD audits (use a fraction below 1)")
     poisoned = np.zeros(len(forget), bool)
     poisoned[rng.choice(len(forget), n_poison, replace=False)] = True
     test_idx = np.arange(len(test))

@@ -21,6 +21,8 @@ from torch import nn
 from components.models import unwrap
 from components.params import TrainParams
 
+PROGRESS_LINES = 10  # a long training prints about this many epoch lines
+
 
 class DivergenceError(RuntimeError):
     """A loss became NaN or infinite: the run stops instead of saving a broken model."""
@@ -175,9 +177,10 @@ def train_model(
         check_finite(total, label, epoch, "lower train.lr")
         loss_mean = global_mean(total / max(count, 1))
         seconds += time.perf_counter() - t0
-        ctx.say(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  loss {loss_mean:.5f}  "
-                f"psnr {-10 * math.log10(max(loss_mean, 1e-12)):.2f} dB  "
-                f"({time.perf_counter() - t0:.1f} s)")
+        if (epoch + 1) % max(1, cfg.epochs // PROGRESS_LINES) == 0 or epoch + 1 == cfg.epochs:
+            ctx.say(f"[{label}] epoch {epoch + 1}/{cfg.epochs}  loss {loss_mean:.5f}  "
+                    f"psnr {-10 * math.log10(max(loss_mean, 1e-12)):.2f} dB  "
+                    f"({time.perf_counter() - t0:.1f} s)")
         state = {"model": unwrap(model).state_dict(),
                  "optimizer": opt.state_dict(), "epoch": epoch, "train_seconds": seconds}
         ctx.report({"epoch": epoch + 1, "loss": loss_mean, "train_seconds": seconds}, state)

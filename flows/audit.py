@@ -3,30 +3,26 @@ score for the original, decoupled, unlearned and retrained models (Ray tasks, on
 
 MIA and OOD use the clean forget samples; the poisoned ones are the backdoor audit's. For
 class forgetting the MIA reference is held-out data of the same classes, so that the AUC
-measures membership and not class difficulty.
+measures membership and not class difficulty (flows.common.eval_splits).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from components.audits import audit_model, triggered_inputs
-from components.splits import Split
-from components.tasks import build_pairs, to_float
+from components.audits import audit_model, eval_pairs
+from components.verdict import audit_verdict
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
+    eval_images,
+    eval_splits,
     load_sets,
     load_splits,
     read_json,
     read_model_file,
     run_stage,
-    split_images,
     stage_flow,
     stage_params,
-    subsample,
     task_spec,
     write_json,
 )
@@ -35,38 +31,34 @@ from flows.tracking import log_figures, stage_run
 
 MODELS = ("original", "decoupled", "unlearned", "retrained")
 SECTIONS = ("audit", "backdoor")
+AUDIT_SETS = ("forget", "retain", "heldout", "test", "triggered")
 
 
 @stage_flow("audit")
 def audit() -> dict:
     params = stage_params()
     sets = load_sets(params)
-    splits = load_splits(sets)
-    spec, limit, seed = task_spec(params), params.audit.max_samples, params.seed
-    forget = splits["forget"]
-    clean_forget = forget.take(~forget.poisoned)
-    reference = splits["heldout"].take(np.isin(splits["heldout"].labels, forget.labels))
-
-    def pairs(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-        s = subsample(split, limit, seed)
-        return build_pairs(split_images(s, sets), np.zeros(len(s), bool), spec)
-
-    triggered = to_float(split_images(subsample(splits["heldout"], limit, seed), sets))
-    data = {"forget": pairs(clean_forget), "retain": pairs(splits["retain"]),
-            "heldout": pairs(reference),
-            "triggered": (triggered_inputs(triggered, spec), triggered)}
+    spec = task_spec(params)
+    chosen = eval_splits(load_splits(sets), params.audit.max_samples, params.seed)
+    data = eval_pairs(eval_images({k: chosen[k] for k in AUDIT_SETS}, sets), spec)
     blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     with stage_run("audit", params, SECTIONS, {"forget_split_hash": split_hash}) as run:
         results = map_models(audit_model, blobs, (data, spec, params.backdoor.threshold), params)
         for name, figures in results.items():
             log_figures(name, figures)
-    report = {"models": results, "samples": {k: len(v[0]) for k, v in data.items()},
-              "mlflow_run_id": run.info.run_id}
+        verdict = audit_verdict(results["unlearned"], results["retrained"], params.audit)
+        log_figures("", {"audit_passed": int(verdict["passed"])})
+    report = {"models": results, "verdict": verdict,
+              "samples": {k: len(v[0]) for k, v in data.items()}, "mlflow_run_id": run.info.run_id}
     write_json(REPORT_DIR / "audit.json", report)
     for name, f in results.items():
         print(f"[audit] {name:10s} backdoor ASR {f['backdoor_asr']:.3f}  MIA AUC "
-              f"{f['mia_auc']:.3f}  OOD AUROC {f['ood_auroc']:.3f}")
+              f"{f['mia_auc']:.3f}  MIA efficacy {f['mia_efficacy']:.3f}  OOD AUROC "
+              f"{f['ood_auroc']:.3f}")
+    print(f"[audit] verdict: {'PASSED' if verdict['passed'] else 'FAILED'}"
+          + (f" ({', '.join(verdict['failed'])})" if verdict["failed"] else "")
+          + " against the retrained reference")
     return report
 
 

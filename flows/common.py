@@ -23,7 +23,14 @@ from components.data import DataError, ImageSet, load_dataset
 from components.methods.base import THRESHOLDS
 from components.models import build_model
 from components.params import ModelParams, Params, ParamsError, load_params
-from components.splits import SPLITS, IntegrityError, Split, SplitError, read_manifest
+from components.splits import (
+    SPLITS,
+    IntegrityError,
+    Split,
+    SplitError,
+    read_manifest,
+    split_forget_retain,
+)
 from components.tasks import TaskSpec
 from components.training import DivergenceError
 
@@ -54,6 +61,16 @@ def task_spec(params: Params) -> TaskSpec:
 def load_sets(params: Params) -> dict[str, ImageSet]:
     """The dataset's train and test splits."""
     return {s: load_dataset(params.data.dataset, params.data.path, s) for s in ("train", "test")}
+
+
+def draw_splits(params: Params, sets: dict[str, ImageSet]) -> dict[str, Split]:
+    """The forget / retain / held-out / test splits the params ask for (seeded)."""
+    return split_forget_retain(
+        sets["train"], sets["test"], kind=params.forget.kind, classes=params.forget.classes,
+        fraction=params.forget.fraction, heldout_fraction=params.data.heldout_fraction,
+        poison_fraction=params.backdoor.fraction if params.backdoor.enabled else 0.0,
+        seed=params.seed, max_train=params.data.max_train, max_test=params.data.max_test,
+    )
 
 
 def load_splits(sets: dict[str, ImageSet]) -> dict[str, Split]:
@@ -117,18 +134,18 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def stage_flow(name: str) -> Callable[[Callable[[], Any]], Any]:
+def stage_flow(name: str) -> Callable[[Callable[..., Any]], Any]:
     """Make a stage's body a Prefect flow that ends in a clean Failed state on user mistakes.
 
     Prefect logs a traceback for an exception escaping a flow; for a mistake the user can
     fix (bad params, missing data, a diverged ascent) one line says more.
     """
 
-    def wrap(fn: Callable[[], Any]) -> Any:
+    def wrap(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
-        def body() -> Any:
+        def body(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn()
+                return fn(*args, **kwargs)
             except (*USER_ERRORS, StageError) as exc:
                 return Failed(message=str(exc), name=REFUSED)
 
@@ -137,13 +154,14 @@ def stage_flow(name: str) -> Callable[[Callable[[], Any]], Any]:
     return wrap
 
 
-def run_stage(stage: Any) -> None:
+def run_stage(stage: Any, **kwargs: Any) -> None:
     """Run a stage's flow as a program: exit 0 on success, 2 on a user mistake, 1 on a crash.
 
     Args:
         stage: the Prefect flow of the stage (made with stage_flow).
+        kwargs: the flow's parameters.
     """
-    state = stage(return_state=True)
+    state = stage(return_state=True, **kwargs)
     if state.is_failed() or state.is_crashed():
         print(f"error: {state.message}", file=sys.stderr)
         sys.exit(2 if state.name == REFUSED else 1)
@@ -159,3 +177,27 @@ def job_sets(sets: dict[str, ImageSet], **parts: list[Split]) -> dict[str, dict[
                "poisoned": np.concatenate([s.poisoned for s in group])}
         for name, group in parts.items()
     }
+
+
+def eval_splits(splits: dict[str, Split], limit: int, seed: int) -> dict[str, Split]:
+    """The samples the audits and metrics look at, at most `limit` each (seeded).
+
+    forget: the clean forget samples (the poisoned ones are the backdoor audit's);
+    heldout: held-out samples of the forget set's classes (the MIA reference, so that the
+    AUC measures membership, not class difficulty); triggered: held-out samples of every
+    class, to stamp the trigger on; retain, test: as named.
+    """
+    forget, heldout = splits["forget"], splits["heldout"]
+    chosen = {
+        "forget": forget.take(~forget.poisoned),
+        "retain": splits["retain"],
+        "heldout": heldout.take(np.isin(heldout.labels, forget.labels)),
+        "triggered": heldout,
+        "test": splits["test"],
+    }
+    return {name: subsample(split, limit, seed) for name, split in chosen.items()}
+
+
+def eval_images(chosen: dict[str, Split], sets: dict[str, ImageSet]) -> dict[str, np.ndarray]:
+    """The uint8 images of every eval split (components.audits.eval_pairs makes the pairs)."""
+    return {name: split_images(split, sets) for name, split in chosen.items()}

@@ -4,24 +4,22 @@ with the audit into reports/metrics.json with the retrain gap and the cost ratio
 
 from __future__ import annotations
 
-import numpy as np
-
+from components.audits import eval_pairs
 from components.metrics import quality_metrics, retrain_gap
-from components.tasks import build_pairs
 from flows.audit import MODELS
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
+    eval_images,
+    eval_splits,
     load_sets,
     load_splits,
     read_json,
     read_model_file,
     run_stage,
-    split_images,
     stage_flow,
     stage_params,
-    subsample,
     task_spec,
     write_json,
 )
@@ -30,6 +28,7 @@ from flows.summary import print_summary
 from flows.tracking import log_figures, stage_run
 
 SECTIONS = ("evaluate",)
+QUALITY_SETS = ("forget", "retain", "test")
 
 
 @stage_flow("evaluate")
@@ -37,14 +36,8 @@ def evaluate() -> dict:
     params = stage_params()
     sets = load_sets(params)
     splits = load_splits(sets)
-    spec, limit = task_spec(params), params.evaluate.max_samples
-    forget = splits["forget"]
-    parts = {"forget": forget.take(~forget.poisoned), "retain": splits["retain"],
-             "test": splits["test"]}
-    data = {}
-    for name, split in parts.items():
-        s = subsample(split, limit, params.seed)
-        data[name] = build_pairs(split_images(s, sets), np.zeros(len(s), bool), spec)
+    chosen = eval_splits(splits, params.evaluate.max_samples, params.seed)
+    data = eval_pairs(eval_images({k: chosen[k] for k in QUALITY_SETS}, sets), task_spec(params))
     blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
     audit = read_json(REPORT_DIR / "audit.json")["models"]
     train = read_json(REPORT_DIR / "train.json")

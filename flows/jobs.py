@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from components.benchmark import make_case, run_case
 from components.methods import UnlearnData, get_method
 from components.methods.base import THRESHOLDS
 from components.models import build_model
@@ -76,7 +77,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
             sets: dict[str, dict[str, np.ndarray]], run_id: str | None,
             init: dict | None = None, original: dict | None = None,
-            thresholds: torch.Tensor | None = None) -> tuple[dict, dict]:
+            thresholds: torch.Tensor | None = None, **extra: Any) -> tuple[dict, dict]:
     """Run one component loop as a Ray Train TorchTrainer job (a Prefect task).
 
     Args:
@@ -90,6 +91,7 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
         init: weights to start from (None: a fresh model).
         original: the original model's weights (the frozen θ0 of unlearning loops).
         thresholds: λ_i of every forget pair, for a retention that keeps them decoupled.
+        extra: further payload entries (a benchmark case's eval images and methods).
 
     Returns:
         (info, state_dict): the loop's returned figures (with the λ_i tensor under
@@ -98,7 +100,7 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
     connect(params)
     payload = {"params": params.model_dump(mode="json"), "shape": shape, "sets": sets,
                "spec": task_spec(params), "init": init, "original": original,
-               "thresholds": thresholds, "label": label}
+               "thresholds": thresholds, "label": label, **extra}
     storage = params.ray.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())
@@ -157,6 +159,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
             resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     if resume and "info" in resume:  # the job had finished before the restart
         report({"done": 1}, resume)
+        return
+    if config["kind"] == "benchmark":
+        ctx = JobContext(device=device, rank=rank, world_size=world, resume=resume,
+                         report=report, log=lambda line: print(line, flush=True))
+        case = make_case(payload["sets"], payload["eval"], payload["spec"], payload["shape"])
+        info = run_case(case, params, payload["methods"], ctx)
+        report({"done": 1}, {"model": {}, THRESHOLDS: None, "info": info})
         return
     c, side = payload["shape"]
     model = build_model(params.model, c, side)

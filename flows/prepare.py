@@ -6,8 +6,16 @@ with its image's sha256; the forget manifest flags the samples that carry the ba
 
 from __future__ import annotations
 
-from components.splits import SPLITS, split_forget_retain, write_manifest
-from flows.common import SPLIT_DIR, load_sets, run_stage, stage_flow, stage_params, write_json
+from components.splits import SPLITS, write_manifest
+from flows.common import (
+    SPLIT_DIR,
+    draw_splits,
+    load_sets,
+    run_stage,
+    stage_flow,
+    stage_params,
+    write_json,
+)
 from flows.tracking import log_figures, stage_run
 
 SECTIONS = ("data", "forget", "backdoor")
@@ -17,12 +25,7 @@ SECTIONS = ("data", "forget", "backdoor")
 def prepare() -> dict:
     params = stage_params()
     sets = load_sets(params)
-    splits = split_forget_retain(
-        sets["train"], sets["test"], kind=params.forget.kind, classes=params.forget.classes,
-        fraction=params.forget.fraction, heldout_fraction=params.data.heldout_fraction,
-        poison_fraction=params.backdoor.fraction if params.backdoor.enabled else 0.0,
-        seed=params.seed, max_train=params.data.max_train, max_test=params.data.max_test,
-    )
+    splits = draw_splits(params, sets)
     hashes = {n: write_manifest(SPLIT_DIR / f"{n}.csv", splits[n], sets[splits[n].source])
               for n in SPLITS}
     forget = splits["forget"]

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
 import numpy as np
 
+from components.certificate import make_certificate
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
@@ -27,7 +29,32 @@ from flows.tracking import client, log_figures, stage_run
 
 SECTIONS = ("unlearn", "mlflow")
 CANDIDATE = "candidate"
-AUDIT_TAGS = ("backdoor_asr", "mia_auc", "ood_auroc", "forget_psnr", "retain_psnr", "test_psnr")
+AUDIT_TAGS = ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc")
+QUALITY = ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retain_ssim", "test_ssim")
+
+
+def version_tags(params, metrics: dict, audit: dict, split_hash: str, lock_hash: str) -> dict:
+    """What a reviewer needs on the model version: flat figures for MLflow's UI and search,
+    and JSON blocks (audit with its verdict, certificate, metrics) for `unlearn review`."""
+    verdict = audit["verdict"]
+    unlearned, reference = audit["models"]["unlearned"], audit["models"]["retrained"]
+    certificate = make_certificate(params.unlearn.decouple, split_hash, params.unlearn.method,
+                                   params.unlearn.finetune.keep_decoupled)
+    return {
+        "method": params.unlearn.method,
+        "forget_split_hash": split_hash,
+        "dvc_lock_hash": lock_hash,
+        "audit.passed": str(verdict["passed"]).lower(),
+        **{f"audit.{k}": f"{unlearned[k]:.4f}" for k in AUDIT_TAGS},
+        **{f"reference.{k}": f"{reference[k]:.4f}" for k in AUDIT_TAGS},
+        "certificate.epsilon": str(certificate["epsilon"]),
+        "audit": json.dumps({**verdict, **{k: unlearned[k] for k in AUDIT_TAGS},
+                             "reference": {k: reference[k] for k in AUDIT_TAGS}}),
+        "certificate": json.dumps(certificate),
+        "metrics": json.dumps({"retrain_gap": metrics["retrain_gap"],
+                               "cost_ratio": metrics["cost_ratio"],
+                               **{k: metrics["unlearned"][k] for k in QUALITY}}),
+    }
 
 
 @stage_flow("register")
@@ -39,17 +66,12 @@ def register() -> dict:
     c, side = blob["shape"]
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     lock = Path("dvc.lock")
-    tags = {
-        "method": params.unlearn.method,
-        "forget_split_hash": split_hash,
-        "dvc_lock_hash": file_sha256(lock) if lock.exists() else "none",
-        "retrain_gap": f"{metrics['retrain_gap']:.4f}",
-        "cost_ratio": f"{metrics['cost_ratio']:.4f}",
-        **{f"audit.{k}": f"{metrics['unlearned'][k]:.4f}" for k in AUDIT_TAGS},
-        **{f"reference.{k}": f"{metrics['retrained'][k]:.4f}" for k in AUDIT_TAGS},
-    }
+    audit = read_json(REPORT_DIR / "audit.json")
+    tags = version_tags(params, metrics, audit, split_hash,
+                        file_sha256(lock) if lock.exists() else "none")
     name = params.mlflow.model_name
-    with stage_run("register", params, SECTIONS, tags) as run:
+    run_tags = {k: v for k, v in tags.items() if k not in ("audit", "certificate", "metrics")}
+    with stage_run("register", params, SECTIONS, run_tags) as run:
         log_figures("", {k: metrics[k] for k in ("retrain_gap", "cost_ratio")})
         log_figures("unlearned", metrics["unlearned"])
         for report in ("metrics.json", "audit.json"):
@@ -65,9 +87,11 @@ def register() -> dict:
     registered = {"model_name": name, "version": int(version.version), "alias": CANDIDATE,
                   "model_uri": f"models:/{name}/{version.version}", "run_id": run.info.run_id}
     write_json(REPORT_DIR / "registered.json", registered)
-    print(f"[register] {name} version {version.version} is now '{CANDIDATE}' "
-          f"(retrain gap {metrics['retrain_gap']:.3f}, backdoor ASR "
-          f"{metrics['unlearned']['backdoor_asr']:.3f})")
+    verdict = "PASSED" if audit["verdict"]["passed"] else \
+        f"FAILED ({', '.join(audit['verdict']['failed'])})"
+    print(f"[register] {name} version {version.version} is now '{CANDIDATE}': audit {verdict}, "
+          f"retrain gap {metrics['retrain_gap']:.3f}. Review: unlearn review; promote: "
+          f"unlearn promote --version {version.version}")
     return registered
 
 

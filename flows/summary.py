@@ -13,7 +13,8 @@ ROWS = [
     ("forget PSNR (dB)", "forget_psnr", "{:.2f}"), ("retain PSNR (dB)", "retain_psnr", "{:.2f}"),
     ("test PSNR (dB)", "test_psnr", "{:.2f}"), ("forget SSIM", "forget_ssim", "{:.3f}"),
     ("retain SSIM", "retain_ssim", "{:.3f}"), ("test SSIM", "test_ssim", "{:.3f}"),
-    ("MIA AUC", "mia_auc", "{:.3f}"), ("OOD AUROC", "ood_auroc", "{:.3f}"),
+    ("MIA AUC", "mia_auc", "{:.3f}"), ("MIA efficacy", "mia_efficacy", "{:.3f}"),
+    ("OOD AUROC", "ood_auroc", "{:.3f}"),
     ("backdoor ASR", "backdoor_asr", "{:.3f}"), ("retrain gap", "retrain_gap", "{:.3f}"),
 ]  # fmt: skip
 COLUMNS = ("original", "decoupled", "unlearned", "retrained")

@@ -25,13 +25,15 @@ def tracking_uri() -> str:
 
 def setup(params: Params) -> str:
     """Point MLflow at the tracking store and the project's experiment; returns its id."""
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     name = params.mlflow.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        # with a SQLite store MLflow would put artifacts in ./mlruns of whatever the cwd is
-        location = None if "MLFLOW_TRACKING_URI" in os.environ else \
-            Path("mlartifacts").resolve().as_uri()
+        # a database store would put artifacts in ./mlruns of whatever the cwd is; a tracking
+        # server decides on its own (--artifacts-destination)
+        local = not uri.startswith(("http://", "https://", "databricks"))
+        location = Path("mlartifacts").resolve().as_uri() if local else None
         return mlflow.create_experiment(name, artifact_location=location)
     return exp.experiment_id
 

@@ -43,7 +43,7 @@ def thresholds(data: UnlearnData, cfg: DecoupleParams, device: torch.device
                ) -> tuple[torch.Tensor, dict]:
     """λ_i of every forget pair for this config."""
     return decoupling_thresholds(data.original, data.forget, data.heldout, cfg.threshold,
-                                 cfg.quantile, device, cfg.fit_samples)
+                                 cfg.quantile, device, cfg.pool_size)
 
 
 def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from components.audits import backdoor_asr, mia_auc, ood_auroc, triggered_inputs
+from components.audits import backdoor_asr, mia_auc, mia_efficacy, ood_auroc, triggered_inputs
 from components.backdoor import attack_success_rate, pattern_similarity, target_pattern
 from components.metrics import GAP_TERMS, psnr, retrain_gap, ssim
 from components.tasks import TaskSpec
@@ -62,3 +62,11 @@ def test_triggered_inputs_carry_the_trigger_under_every_task():
     for task in ("reconstruction", "inpaint", "outpaint"):
         out = triggered_inputs(images, TaskSpec(task=task, trigger_size=3, outpaint_border=0.25))
         assert out.sum() == 2 * 9, task  # the 3x3 white square survives the task's mask
+
+
+def test_learned_mia_calls_high_loss_samples_non_members():
+    gen = torch.Generator().manual_seed(0)
+    retain = 0.01 * (1 + 0.1 * torch.rand(300, generator=gen))  # members: low loss
+    test = 0.05 * (1 + 0.1 * torch.rand(300, generator=gen))    # non-members: high loss
+    assert mia_efficacy(test[:100], retain, test) == pytest.approx(1.0)  # look never-seen
+    assert mia_efficacy(retain[:100], retain, test) == pytest.approx(0.0)  # look like members

@@ -15,10 +15,15 @@ BLOCK_KEYS = {"forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "mia_auc
               "backdoor_asr", "retrain_gap"}
 
 
-def run(cmd, ws, env, timeout=900):
+def run(cmd, ws, env, timeout=900, code=0):
     proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == code, \
+        f"{cmd} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
+
+
+def review(ws, env):
+    return json.loads(run(["unlearn", "review", "--json"], ws, env))
 
 
 def test_pipeline_end_to_end_then_noop_then_retune(workspace):
@@ -67,12 +72,51 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     assert "Data and pipelines are up to date" in out and "Running stage" not in out
     assert "up to date" in run(["dvc", "status"], ws, env)
 
-    # -S overrides, the DVC way: the same class list changes nothing upstream, a new
-    # retention budget reruns retention onwards only, never the training or the decoupling
+    # the reviewer's view: candidate v1 with its audit against the retrained reference
+    first = review(ws, env)
+    assert first["candidate"]["version"] == 1 and first["champion"] is None
+    audit = first["candidate"]["audit"]
+    assert audit["passed"] is True, audit
+    assert {"backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc"} <= audit.keys()
+    assert audit["reference"]["backdoor_asr"] == metrics["retrained"]["backdoor_asr"]
+    assert first["candidate"]["certificate"]["epsilon"] == "inf"
+    run(["unlearn", "promote", "--version", "1", "--yes", "--by", "ci"], ws, env)
+    assert review(ws, env)["champion"]["version"] == 1
+
+    # the report: one self-contained page, images embedded, logged to MLflow
+    run(["unlearn", "report"], ws, env)
+    page = (ws / "reports/report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 * 4 + 1  # 3 grids x (input + 3 models)
+    assert "Verdict: <span class='pass'>PASS</span>" in page and "src=\"http" not in page
+    report_runs = client.search_runs([runs[0].info.experiment_id], "tags.stage = 'report'")
+    assert client.list_artifacts(report_runs[0].info.run_id)[0].path == "report.html"
+
+    # -S overrides, the DVC way: the same class list changes nothing upstream; retention that
+    # no longer keeps the forget set decoupled (the literal reading) reruns retention onwards
+    # only, never the training or the decoupling, and brings the backdoor back
     out = run(["dvc", "exp", "run", "-S", "forget.classes=[3]",
-               "-S", "unlearn.finetune.steps=20"], ws, env)
+               "-S", "unlearn.finetune.keep_decoupled=0"], ws, env)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
     assert ran == {"finetune", "audit", "evaluate", "register"}, out[-3000:]
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    assert params["forget"]["classes"] == [3] and params["unlearn"]["finetune"]["steps"] == 20
-    assert int(client.get_model_version_by_alias("digits-ae", "candidate").version) == 2
+    assert params["forget"]["classes"] == [3]
+    assert params["unlearn"]["finetune"]["keep_decoupled"] == 0
+    second = review(ws, env)
+    assert second["candidate"]["version"] == 2 and not second["candidate"]["audit"]["passed"]
+    assert "backdoor_asr" in second["candidate"]["audit"]["failed"]
+
+    # the gate: a failed audit is refused with its figures, the champion stays where it was
+    out = run(["unlearn", "promote", "--version", "2", "--yes"], ws, env, code=1)
+    assert "failed its audit" in out and "backdoor_asr" in out and "Traceback" not in out
+    assert "--force needs --reason" in run(["unlearn", "promote", "--version", "2", "--yes",
+                                            "--force"], ws, env, code=2)
+    assert "does not exist" in run(["unlearn", "promote", "--version", "9", "--yes"], ws, env,
+                                   code=2)
+    assert review(ws, env)["champion"]["version"] == 1
+    run(["unlearn", "promote", "--version", "2", "--yes", "--force", "--reason", "drill",
+         "--by", "ci"], ws, env)
+    final = review(ws, env)
+    assert final["champion"]["version"] == 2
+    assert [(p["from"], p["to"], p["forced"], p["by"]) for p in final["promotions"]] == \
+        [(None, 1, False, "ci"), (1, 2, True, "ci")]
+    assert final["promotions"][1]["reason"] == "drill"

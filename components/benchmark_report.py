@@ -1,0 +1,120 @@
+"""Reading a benchmark: the bar `decouple` must clear, a Markdown table, a gap-vs-cost plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COLUMNS = ["retrain_gap", "cost_ratio", "backdoor_asr", "mia_auc", "ood_auroc", "forget_psnr",
+           "retain_psnr", "test_psnr"]
+# columns where lower is better; for the others, closer to the retrained reference is better
+LOWER_IS_BETTER = {"retrain_gap", "cost_ratio"}
+NOT_RANKED = {"original", "reference"}  # rows shown for reading, never "best"
+COST_BAR = 0.10
+ASR_MARGIN = 0.05
+
+
+def _mean(summary: dict, row: str, key: str) -> float:
+    return summary[row][key]["mean"]
+
+
+def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
+    """Does `method` clear the bar of the methods issue in this scenario?
+
+    The noise floor is the retrain gap of a second retraining (the `retrain` row): two models
+    retrained from scratch differ by that much.
+
+    Returns:
+        {"noise_floor", "best_other", "best_other_gap", "checks": {name: {"passed", "detail"}}}.
+    """
+    floor = _mean(summary, "retrain", "retrain_gap")
+    others = {r: _mean(summary, r, "retrain_gap") for r in summary
+              if r not in NOT_RANKED | {method, "retrain"}}
+    best = min(others, key=others.get)
+    gap, cost = _mean(summary, method, "retrain_gap"), _mean(summary, method, "cost_ratio")
+    original = _mean(summary, "original", "retrain_gap")
+    checks = {
+        "gap_vs_best_other": (gap <= others[best] + floor,
+                              f"{gap:.4f} <= {others[best]:.4f} ({best}) + {floor:.4f}"),
+        "gap_vs_original": (gap < original - floor, f"{gap:.4f} < {original:.4f} - {floor:.4f}"),
+        "cost": (cost <= COST_BAR, f"{cost:.3f} <= {COST_BAR}"),
+    }
+    if scenario in ("class", "sample"):
+        asr, ref = _mean(summary, method, "backdoor_asr"), _mean(summary, "retrain", "backdoor_asr")
+        checks["backdoor"] = (asr <= ref + ASR_MARGIN, f"{asr:.3f} <= {ref:.3f} + {ASR_MARGIN}")
+    return {"noise_floor": floor, "best_other": best, "best_other_gap": others[best],
+            "checks": {k: {"passed": bool(ok), "detail": d} for k, (ok, d) in checks.items()}}
+
+
+def _best(summary: dict, key: str) -> str:
+    """The unlearning method with the best value of `key` (retraining itself is not ranked)."""
+    rows = [r for r in summary if r not in NOT_RANKED | {"retrain"} and key in summary[r]]
+    if key in LOWER_IS_BETTER:
+        return min(rows, key=lambda r: _mean(summary, r, key))
+    target = _mean(summary, "reference", key)
+    return min(rows, key=lambda r: abs(_mean(summary, r, key) - target))
+
+
+def to_markdown(report: dict) -> str:
+    """The benchmark as Markdown: one table per scenario, methods as rows, best value bold
+    (lowest gap and cost; otherwise closest to the retrained reference), then the bar."""
+    lines = [f"# Benchmark: {report['dataset']}, seeds {report['seeds']}", "",
+             "Mean ± std over seeds. `reference`: the model retrained without the forget set "
+             "that every gap is measured to; `retrain`: a second retraining (another seed), "
+             "whose gap is the noise floor. Bold: lowest gap / cost, otherwise closest to the "
+             "reference.", ""]
+    for scenario, block in report["scenarios"].items():
+        summary = block["methods"]
+        best = {k: _best(summary, k) for k in COLUMNS}
+        lines += [f"## {scenario}", "", "| method | " + " | ".join(COLUMNS) + " |",
+                  "|---" * (len(COLUMNS) + 1) + "|"]
+        for row, figures in summary.items():
+            cells = []
+            for key in COLUMNS:
+                if key not in figures:
+                    cells.append("")
+                    continue
+                text = f"{figures[key]['mean']:.3f} ± {figures[key]['std']:.3f}"
+                cells.append(f"**{text}**" if best[key] == row else text)
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        bar = block.get("bar")
+        if bar:
+            lines += ["", f"Noise floor (retrain gap of a second retraining): "
+                      f"{bar['noise_floor']:.4f}. Bar for decouple:", ""]
+            lines += [f"- {'PASS' if c['passed'] else 'FAIL'} {name}: {c['detail']}"
+                      for name, c in bar["checks"].items()]
+        for note in block.get("notes", []):
+            lines += ["", note]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Retrain gap vs cost ratio per method, one panel per scenario, error bars = std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(report["scenarios"])
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5.5 * len(scenarios), 4.5),
+                             squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
+        summary = report["scenarios"][scenario]["methods"]
+        for row, figures in summary.items():
+            if row == "reference" or "cost_ratio" not in figures:
+                continue
+            x, y = figures["cost_ratio"], figures["retrain_gap"]
+            ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3,
+                        color="tab:red" if row == "decouple" else "tab:blue")
+            ax.annotate(row, (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xlabel("cost ratio (unlearning / retraining compute)")
+        ax.set_ylabel("retrain gap (lower is closer to retraining)")
+        ax.set_title(scenario)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
