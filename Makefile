@@ -11,7 +11,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data demo test test-slow benchmark lint clean
+.PHONY: setup data demo test test-slow benchmark ablation lint clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ demo: setup data
 # every method x seeds x scenarios -> reports/benchmark.{json,md,png}; DATASET=cifar10 DATA=<dir>
 benchmark: setup data
 	python -m flows.benchmark $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data $(DATA))
+
+# the ablations of decouple (benchmark.variants) -> reports/ablation.{json,md,png}
+ablation: setup data
+	python -m flows.benchmark --scenarios class,sample --out ablation \
+	  --methods decouple,decouple_literal,decouple_keep0,decouple_quantile,decouple_no_ascent,retrain
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass
 test: setup data

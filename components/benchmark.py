@@ -19,7 +19,7 @@ from components.audits import audit_model, eval_pairs
 from components.methods import UnlearnData, run_method
 from components.metrics import quality_metrics, retrain_gap
 from components.models import build_model
-from components.params import Params
+from components.params import Params, merge_tree, override
 from components.tasks import TaskSpec, build_pairs
 from components.training import JobContext, train_model
 
@@ -92,7 +92,7 @@ def run_case(case: Case, params: Params, methods: list[str], ctx: JobContext) ->
     Args:
         case: the data of this scenario and seed.
         params: the scenario's params (seed included).
-        methods: the methods to run from the original.
+        methods: the methods (or benchmark.variants) to run from the original.
         ctx: the job context (device, resume state, reporting).
 
     Returns:
@@ -117,9 +117,11 @@ def run_case(case: Case, params: Params, methods: list[str], ctx: JobContext) ->
     for name in methods:
         if name in results:
             continue
-        seed = params.seed + (RETRAIN_SEED_OFFSET if name == "retrain" else 0)
-        run_params = params.model_copy(update={"seed": seed, "unlearn": params.unlearn.model_copy(
-            update={"method": name})})
+        variant = params.benchmark.variants.get(name)
+        method = variant.method if variant else name
+        seed = params.seed + (RETRAIN_SEED_OFFSET if method == "retrain" else 0)
+        run_params = override(params, merge_tree(variant.params if variant else {}, {
+            "seed": seed, "unlearn": {"method": method}}))
         torch.manual_seed(seed)
         model = copy.deepcopy(original).train()
         t0 = time.perf_counter()

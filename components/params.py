@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ParamsError(ValueError):
@@ -103,7 +103,7 @@ class DecoupleParams(Strict):
     params: Literal["encoder", "decoder", "all"] = "all"
     lr: float = Field(0.01, gt=0)
     clip_norm: float = Field(1.0, gt=0)
-    max_steps: int = Field(10, ge=1)
+    max_steps: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1)
     probe_size: int = Field(512, ge=1)
     check_every: int = Field(5, ge=1)
@@ -250,6 +250,28 @@ DEFAULT_SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
+class VariantParams(Strict):
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return _check_methods([v])[0]
+
+
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    # the ablations of `decouple` (make ablation): what the retention may change, the
+    # threshold's scale and the stop rule, and whether the ascent is needed at all
+    "decouple_keep0": {"method": "decouple",
+                       "params": {"unlearn": {"finetune": {"keep_decoupled": 0.0}}}},
+    "decouple_quantile": {"method": "decouple", "params": {"unlearn": {"decouple": {
+        "threshold": "quantile", "quantile": 0.95, "stop": "mean"}}}},
+    "decouple_no_ascent": {"method": "decouple",
+                           "params": {"unlearn": {"decouple": {"max_steps": 0}}}},
+}
+
+
 class BenchmarkParams(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     methods: list[str] = Field(default_factory=lambda: [
@@ -257,11 +279,13 @@ class BenchmarkParams(Strict):
         "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain"])
     parallel_jobs: int = Field(2, ge=1)
     scenarios: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_SCENARIOS))
+    variants: dict[str, VariantParams] = Field(
+        default_factory=lambda: {k: VariantParams(**v) for k, v in DEFAULT_VARIANTS.items()})
 
-    @field_validator("methods")
-    @classmethod
-    def _registered(cls, v: list[str]) -> list[str]:
-        return _check_methods(v)
+    @model_validator(mode="after")
+    def _known_rows(self) -> BenchmarkParams:
+        _check_methods([m for m in self.methods if m not in self.variants])
+        return self
 
 
 class Params(Strict):
@@ -299,6 +323,20 @@ def _describe(err: dict) -> str:
         hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
         return f"unknown key '{dotted}'{hint}"
     return f"'{dotted}': {err['msg']} (got {err.get('input')!r})"
+
+
+def merge_tree(base: dict, update: dict) -> dict:
+    """A copy of `base` with `update` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge_tree(out[key], value) if isinstance(value, dict) and \
+            isinstance(out.get(key), dict) else value
+    return out
+
+
+def override(params: Params, update: dict[str, Any]) -> Params:
+    """Params with a partial tree merged in, validated again (a ParamsError names the key)."""
+    return parse_params(merge_tree(params.model_dump(mode="json"), update))
 
 
 def parse_params(raw: dict[str, Any] | None) -> Params:

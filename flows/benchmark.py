@@ -10,7 +10,6 @@ Writes reports/benchmark.json (DVC metrics), reports/benchmark.md and reports/be
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import mlflow
@@ -22,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from components.benchmark import summarize
 from components.benchmark_report import check_bar, plot, to_markdown
 from components.metrics import GAP_TERMS
-from components.params import Params, ParamsError, parse_params
+from components.params import Params, ParamsError, merge_tree, override
 from flows.common import (
     REPORT_DIR,
     draw_splits,
@@ -44,21 +43,12 @@ KEYS = [*GAP_TERMS, "forget_ssim", "retain_ssim", "test_ssim", "retrain_gap", "c
 MIA_VISIBLE = 0.6  # the memorize scenario is only informative if the original's MIA AUC is above
 
 
-def deep_merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and \
-            isinstance(out.get(key), dict) else value
-    return out
-
-
 def scenario_params(base: Params, name: str, seed: int, cpus: float) -> Params:
     """The params of one case: the scenario's overrides merged over params.yaml."""
-    tree = deep_merge(base.model_dump(mode="json"), base.benchmark.scenarios[name])
-    tree["seed"] = seed
-    tree["ray"]["cpus_per_worker"] = cpus
+    update = merge_tree(base.benchmark.scenarios[name],
+                        {"seed": seed, "ray": {"cpus_per_worker": cpus}})
     try:
-        return parse_params(tree)
+        return override(base, update)
     except ParamsError as exc:
         raise ParamsError(f"benchmark scenario '{name}': {exc}") from None
 
@@ -87,10 +77,12 @@ def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id:
 
 @stage_flow("benchmark")
 def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[int] | None = None,
-              scenarios: list[str] | None = None) -> dict:
-    base = stage_params()
-    overrides = {"data": {k: v for k, v in (("dataset", dataset), ("path", data)) if v}}
-    base = parse_params(deep_merge(base.model_dump(mode="json"), overrides))
+              scenarios: list[str] | None = None, methods: list[str] | None = None,
+              out: str = "benchmark") -> dict:
+    update: dict = {"data": {k: v for k, v in (("dataset", dataset), ("path", data)) if v}}
+    if methods:
+        update["benchmark"] = {"methods": methods}
+    base = override(stage_params(), update)
     seeds = seeds or base.benchmark.seeds
     names = scenarios or list(base.benchmark.scenarios)
     unknown = set(names) - set(base.benchmark.scenarios)
@@ -111,15 +103,16 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
         results = {key: f.result() for key, f in futures.items()}
         report = build_report(base, seeds, names, results)
         report["wall_seconds"] = time.perf_counter() - t0
-        write_json(REPORT_DIR / "benchmark.json", report)
-        (REPORT_DIR / "benchmark.md").write_text(to_markdown(report))
-        plot(report, REPORT_DIR / "benchmark.png")
+        paths = {ext: REPORT_DIR / f"{out}.{ext}" for ext in ("json", "md", "png")}
+        write_json(paths["json"], report)
+        paths["md"].write_text(to_markdown(report))
+        plot(report, paths["png"])
         for name in names:
             for row, figures in report["scenarios"][name]["methods"].items():
                 log_figures(f"{name}.{row}", {k: v["mean"] for k, v in figures.items()})
-        for artifact in ("benchmark.json", "benchmark.md", "benchmark.png"):
-            mlflow.log_artifact(str(REPORT_DIR / artifact))
-    print((REPORT_DIR / "benchmark.md").read_text())
+        for path in paths.values():
+            mlflow.log_artifact(str(path))
+    print(paths["md"].read_text())
     print(f"[benchmark] {len(cases)} cases in {report['wall_seconds'] / 60:.1f} min")
     return report
 
@@ -152,6 +145,10 @@ def main() -> None:
     parser.add_argument("--data", help="data.path of that dataset")
     parser.add_argument("--seeds", help="comma-separated seeds (default: benchmark.seeds)")
     parser.add_argument("--scenarios", help="comma-separated scenarios (default: all)")
+    parser.add_argument("--methods", help="comma-separated methods or benchmark.variants "
+                                          "(default: benchmark.methods)")
+    parser.add_argument("--out", default="benchmark",
+                        help="report name: reports/<out>.{json,md,png} (default: benchmark)")
     args = parser.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
@@ -163,7 +160,11 @@ def main() -> None:
         parser.exit(2, f"error: {exc}\n")
     flow = benchmark.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     run_stage(flow, dataset=args.dataset, data=args.data, seeds=seeds,
-              scenarios=args.scenarios.split(",") if args.scenarios else None)
+              scenarios=_csv(args.scenarios), methods=_csv(args.methods), out=args.out)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return text.split(",") if text else None
 
 
 if __name__ == "__main__":

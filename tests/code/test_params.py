@@ -62,3 +62,21 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ParamsError, match="mapping"):
         load_params(bad)
+
+
+def test_benchmark_rows_are_methods_or_declared_variants():
+    params = parse_params({"benchmark": {"methods": ["decouple", "decouple_keep0"]}})
+    assert params.benchmark.variants["decouple_keep0"].method == "decouple"
+    with pytest.raises(ParamsError, match="unknown method 'decouple_keep1'"):
+        parse_params({"benchmark": {"methods": ["decouple_keep1"]}})
+    with pytest.raises(ParamsError, match="did you mean 'scrub'"):
+        parse_params({"benchmark": {"variants": {"x": {"method": "scrubb"}}}})
+
+
+def test_override_merges_a_partial_tree_and_validates_it():
+    from components.params import override
+
+    params = override(parse_params({}), {"unlearn": {"finetune": {"keep_decoupled": 0.0}}})
+    assert params.unlearn.finetune.keep_decoupled == 0.0 and params.unlearn.finetune.steps == 80
+    with pytest.raises(ParamsError, match="unlearn.finetune.stepz"):
+        override(params, {"unlearn": {"finetune": {"stepz": 1}}})

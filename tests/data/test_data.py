@@ -1,6 +1,7 @@
 """Dataset loaders on real files: Debian's Fashion-MNIST, sklearn digits, IDX files we write."""
 
 import gzip
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,36 @@ def test_resolve_classes_by_index_and_name():
     assert resolve_classes([2, "trouser", "SNEAKER", "0"], names) == [0, 1, 2]
     with pytest.raises(DataError, match=r"unknown class\(es\) 'sneakers', 7"):
         resolve_classes(["sneakers", 7], names)
+
+
+def write_cifar(root: Path, per_batch: int = 6) -> None:
+    """CIFAR-10's python layout: data_batch_1..5 and test_batch, dicts of bytes keys."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(x) for x in rng.integers(0, 10, per_batch)]}
+        with (root / name).open("wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_cifar10_pickles(tmp_path):
+    write_cifar(tmp_path)
+    train = load_dataset("cifar10", tmp_path, "train")
+    test = load_dataset("cifar10", tmp_path, "test")
+    assert train.images.shape == (30, 3, 32, 32) and len(test) == 6
+    assert train.class_names[7] == "horse"
+    with (tmp_path / "data_batch_1").open("rb") as f:
+        raw = pickle.load(f)
+    # channel-first, as the format stores it: the first 1024 bytes are the red plane
+    assert np.array_equal(train.images[0, 0].ravel(), raw[b"data"][0][:1024])
+
+
+def test_cifar10_missing_or_corrupt_batch_names_the_file(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="missing CIFAR-10 batch .*data_batch_3"):
+        load_dataset("cifar10", tmp_path, "train")
+    (tmp_path / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="test_batch is not a CIFAR-10 python batch"):
+        load_dataset("cifar10", tmp_path, "test")

@@ -1,0 +1,49 @@
+"""Reading a benchmark: the bar, the table and the plot, on figures whose answer is known."""
+
+import pytest
+
+from components.benchmark import summarize
+from components.benchmark_report import check_bar, plot, to_markdown
+
+
+def row(gap, cost=0.05, asr=0.0, **extra):
+    return {"retrain_gap": gap, "cost_ratio": cost, "backdoor_asr": asr, "mia_auc": 0.5,
+            "ood_auroc": 0.6, "forget_psnr": 20.0, "retain_psnr": 21.0, "test_psnr": 21.0,
+            **extra}
+
+
+def case(decouple_gap, decouple_cost=0.05):
+    return {"original": row(0.2, 0.0, 0.9), "decouple": row(decouple_gap, decouple_cost),
+            "neggrad_plus": row(0.04, 0.03), "retrain": row(0.01, 1.0),
+            "reference": row(0.0, 0.0)}
+
+
+def summary(cases):
+    return summarize(cases, list(cases[0]), ["retrain_gap", "cost_ratio", "backdoor_asr",
+                                             "mia_auc", "ood_auroc", "forget_psnr",
+                                             "retain_psnr", "test_psnr"])
+
+
+def test_summarize_means_and_stds_over_seeds():
+    s = summary([case(0.01), case(0.03)])
+    assert s["decouple"]["retrain_gap"] == pytest.approx({"mean": 0.02, "std": 0.01})
+
+
+def test_bar_passes_and_fails_for_the_right_reasons():
+    good = check_bar("class", summary([case(0.02)]))
+    assert good["best_other"] == "neggrad_plus" and good["noise_floor"] == pytest.approx(0.01)
+    assert all(c["passed"] for c in good["checks"].values())
+    bad = check_bar("class", summary([case(0.06, decouple_cost=0.3)]))["checks"]
+    assert not bad["gap_vs_best_other"]["passed"] and not bad["cost"]["passed"]
+    assert bad["gap_vs_original"]["passed"] and bad["backdoor"]["passed"]
+    assert "backdoor" not in check_bar("memorize", summary([case(0.02)]))["checks"]
+
+
+def test_markdown_bolds_the_best_and_states_the_bar(tmp_path):
+    report = {"dataset": "toy", "seeds": [0], "scenarios": {"class": {
+        "methods": summary([case(0.02)]), "bar": check_bar("class", summary([case(0.02)]))}}}
+    text = to_markdown(report)
+    assert "| decouple | **0.020 ± 0.000** | 0.050 ± 0.000 |" in text
+    assert "- PASS cost: 0.050 <= 0.1" in text
+    plot(report, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
