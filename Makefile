@@ -11,7 +11,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data demo test test-slow benchmark ablation lint clean
+.PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ benchmark: setup data
 ablation: setup data
 	python -m flows.benchmark --scenarios class,sample --out ablation \
 	  --methods decouple,decouple_literal,decouple_keep0,decouple_quantile,decouple_no_ascent,retrain
+
+# orchestration overhead, unlearning vs retraining cost, scaling -> reports/perf.{json,md,png}
+bench-perf: setup data
+	python -m flows.perf
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass
 test: setup data

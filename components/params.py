@@ -288,6 +288,19 @@ class BenchmarkParams(Strict):
         return self
 
 
+class PerfParams(Strict):
+    repeats: int = Field(3, ge=1)
+    forget_fractions: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.3],
+                                          min_length=1)
+
+    @field_validator("forget_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not all(0 < f < 1 for f in v):
+            raise ValueError(f"every forget fraction must lie in (0, 1), got {v}")
+        return v
+
+
 class Params(Strict):
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
@@ -301,6 +314,7 @@ class Params(Strict):
     ray: RayParams = Field(default_factory=RayParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    perf: PerfParams = Field(default_factory=PerfParams)
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

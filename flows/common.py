@@ -17,12 +17,10 @@ import numpy as np
 import torch
 from prefect import flow
 from prefect.states import Failed
-from torch import nn
 
 from components.data import DataError, ImageSet, load_dataset
 from components.methods.base import THRESHOLDS
-from components.models import build_model
-from components.params import ModelParams, Params, ParamsError, load_params
+from components.params import Params, ParamsError, load_params
 from components.splits import (
     SPLITS,
     IntegrityError,
@@ -113,14 +111,6 @@ def read_model_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise StageError(f"model file missing: {path} (run the stage that writes it)")
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def model_from_file(blob: dict[str, Any]) -> nn.Module:
-    """Rebuild the module of a model file's content (read_model_file), in eval mode."""
-    c, side = blob["shape"]
-    model = build_model(ModelParams.model_validate(blob["model"]), c, side)
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -12,12 +12,12 @@ import mlflow
 import numpy as np
 
 from components.certificate import make_certificate
+from components.models import model_from_file
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
-    model_from_file,
     read_json,
     read_model_file,
     run_stage,

@@ -12,6 +12,7 @@ import mlflow
 import torch
 
 from components.audits import eval_pairs
+from components.models import model_from_file
 from components.report_html import histogram_png, img_tag, render_page, table, to_png
 from components.training import per_sample_loss, predict
 from flows.common import (
@@ -22,7 +23,6 @@ from flows.common import (
     eval_splits,
     load_sets,
     load_splits,
-    model_from_file,
     read_json,
     read_model_file,
     stage_params,

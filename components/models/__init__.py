@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -46,3 +47,12 @@ def parameter_group(model: nn.Module, group: str) -> list[nn.Parameter]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return getattr(model, "module", model)
+
+
+def model_from_file(blob: dict[str, Any]) -> nn.Module:
+    """Rebuild the module of a model file's content (weights, `model` block, shape), in eval
+    mode."""
+    c, side = blob["shape"]
+    model = build_model(ModelParams.model_validate(blob["model"]), c, side)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()

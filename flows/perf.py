@@ -1,0 +1,244 @@
+"""`make bench-perf`: what the orchestration costs on top of the work, what unlearning costs
+next to retraining, and how unlearning grows with the forget set -> reports/perf.{json,md,png}.
+
+Everything is measured side by side in this one process, on this machine, `perf.repeats`
+times (median and range reported):
+- overhead: the default unlearning job (the seed method's ascent, then its retention; same
+  data, steps and seed) as the pipeline runs it (a Prefect flow, two Ray Train jobs, MLflow
+  logging and checkpoints) and as a plain PyTorch loop in this process (flows.worker.run_loop,
+  the very code a Ray worker runs). Both start from the same arrays in memory: reading the
+  dataset and checking the manifests' sha256 is the stages' cost on both sides, so it is left
+  out of both. Ray and Prefect start once per process (a scheduled service or a Ray cluster
+  keeps them running): that is reported apart, and in overhead_ratio_cold.
+- cost: that unlearning against retraining from scratch on the retain set, both through the
+  pipeline (cost_ratio) and both as plain loops (cost_ratio_plain); the retraining's own
+  pipeline / plain ratio shows how the fixed overhead weighs on a longer job.
+- scaling: plain unlearning and retraining time for forget sets of `perf.forget_fractions`
+  of the training data (forget.kind=sample), the retention budget fixed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import ray
+import torch
+from prefect import flow
+
+from components.methods.base import THRESHOLDS
+from components.params import Params, override
+from components.perf_report import (
+    JOB_PARTS,
+    add_parts,
+    job_breakdown,
+    plot_scaling,
+    spread,
+    to_markdown,
+)
+from components.training import JobContext, seed_everything
+from flows.common import (
+    REPORT_DIR,
+    USER_ERRORS,
+    StageError,
+    draw_splits,
+    job_sets,
+    load_sets,
+    model_shape,
+    stage_params,
+    write_json,
+)
+from flows.jobs import connect, job_payload, run_job
+from flows.tracking import log_figures, stage_run
+from flows.worker import max_rss_mb, run_loop
+
+SECTIONS = ("unlearn", "ray")
+# the cases the pipeline flows run, by name: Prefect records a flow's parameters, so the
+# arrays stay here and only the name travels
+_CASES: dict[str, dict[str, Any]] = {}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in getattr(model, "module", model)
+            .state_dict().items()}
+
+
+def make_case(params: Params, sets: dict, original: dict | None) -> dict[str, Any]:
+    """The job sets of one forget split: forget (ascent), retain (+forget: retention), train."""
+    splits = draw_splits(params, sets)
+    return {
+        "params": params, "shape": model_shape(sets), "original": original,
+        "forget": job_sets(sets, forget=[splits["forget"]], retain=[splits["retain"]],
+                           heldout=[splits["heldout"]]),
+        "retain": job_sets(sets, retain=[splits["retain"]], forget=[splits["forget"]]),
+        "train": job_sets(sets, train=[splits["retain"]]),
+        "trainable": job_sets(sets, train=[splits["retain"], splits["forget"]]),
+        "forget_samples": len(splits["forget"]),
+    }
+
+
+def unlearn_plain(case: dict[str, Any]) -> tuple[float, dict]:
+    """The seed method's two phases as plain loops in this process; (seconds, ascent info)."""
+    params, shape, original = case["params"], case["shape"], case["original"]
+    ctx = JobContext(device=_device(), log=lambda line: None)
+    t0 = time.perf_counter()
+    seed_everything(params.seed)
+    info, model = run_loop("forget", job_payload("plain-decouple", params, shape, case["forget"],
+                                                 init=original, original=original),
+                           params, ctx, lambda m: m.to(ctx.device))
+    seed_everything(params.seed)
+    run_loop("retain", job_payload("plain-finetune", params, shape, case["retain"],
+                                   init=_state(model), original=original,
+                                   thresholds=info.pop(THRESHOLDS, None)),
+             params, ctx, lambda m: m.to(ctx.device))
+    return time.perf_counter() - t0, info
+
+
+def train_plain(case: dict[str, Any], part: str) -> tuple[float, dict, dict]:
+    """Train from scratch on the case's `part` ("train": retain = retraining; "trainable":
+    the original) as a plain loop; (seconds, info, weights)."""
+    params = case["params"]
+    ctx = JobContext(device=_device(), log=lambda line: None)
+    t0 = time.perf_counter()
+    seed_everything(params.seed)
+    info, model = run_loop("train", job_payload(f"plain-{part}", params, case["shape"],
+                                                {"train": case[part]["train"]}),
+                           params, ctx, lambda m: m.to(ctx.device))
+    return time.perf_counter() - t0, info, _state(model)
+
+
+@flow(name="perf-unlearn", validate_parameters=False)
+def unlearn_pipeline(name: str) -> dict:
+    """The unlearning job as the `decouple` and `finetune` stages run it."""
+    case = _CASES[name]
+    params, shape, original = case["params"], case["shape"], case["original"]
+    parts, rss = [], []
+    with stage_run("perf-unlearn", params, SECTIONS, {"method": params.unlearn.method}) as run:
+        t0 = time.time()
+        info, state = run_job("forget", "perf-decouple", params, shape, case["forget"],
+                              run.info.run_id, init=original, original=original)
+        parts.append(job_breakdown(t0, time.time(), info))
+        lam = info.pop(THRESHOLDS, None)
+        t0 = time.time()
+        info_r, _ = run_job("retain", "perf-finetune", params, shape, case["retain"],
+                            run.info.run_id, init=state, original=original, thresholds=lam)
+        parts.append(job_breakdown(t0, time.time(), info_r))
+        rss += [info["worker_max_rss_mb"], info_r["worker_max_rss_mb"]]
+        log_figures("", {"steps": info.get("steps", 0), **add_parts(parts)})
+    return {"parts": add_parts(parts), "worker_max_rss_mb": max(rss)}
+
+
+@flow(name="perf-retrain", validate_parameters=False)
+def retrain_pipeline(name: str) -> dict:
+    """Retraining on the retain set as the `train` stage runs it."""
+    case = _CASES[name]
+    params = case["params"]
+    with stage_run("perf-retrain", params, ("train", "ray"), {"method": "retrain"}) as run:
+        t0 = time.time()
+        info, _ = run_job("train", "perf-retrain", params, case["shape"],
+                          {"train": case["train"]["train"]}, run.info.run_id)
+        parts = job_breakdown(t0, time.time(), info)
+        log_figures("", parts)
+    return {"parts": parts, "worker_max_rss_mb": info["worker_max_rss_mb"]}
+
+
+@flow(name="perf-warmup")
+def _warmup() -> None:
+    return None
+
+
+def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def _say(line: str) -> None:
+    print(f"[perf] {line}", flush=True)
+
+
+def bench_perf(params: Params) -> dict:
+    """Run every measurement; returns the report (also written to reports/perf.*)."""
+    sets = load_sets(params)
+    base = make_case(params, sets, None)
+    _say(f"training the original ({params.train.epochs} epochs, plain loop) ...")
+    train_s, train_info, original = train_plain(base, "trainable")
+    base["original"] = original
+    images_per_s = len(base["trainable"]["train"]["images"]) * params.train.epochs / \
+        train_info["train_seconds"]
+    ray_start_s, _ = _timed(connect, params)
+    prefect_start_s, _ = _timed(_warmup)
+    _say(f"original {train_s:.0f} s ({images_per_s:.0f} images/s); Ray start "
+         f"{ray_start_s:.1f} s, Prefect start {prefect_start_s:.1f} s")
+    _CASES["default"] = base
+    plain, pipe, plain_retrain, retrain, parts, rss = [], [], [], [], [], []
+    for r in range(params.perf.repeats):
+        plain.append(unlearn_plain(base)[0])
+        pipe_s, out = _timed(unlearn_pipeline, "default")
+        plain_retrain.append(train_plain(base, "train")[0])
+        retrain_s, out_r = _timed(retrain_pipeline, "default")
+        pipe.append(pipe_s)
+        retrain.append(retrain_s)
+        parts.append({"flow_s": pipe_s - sum(out["parts"].values()), **out["parts"]})
+        rss += [out["worker_max_rss_mb"], out_r["worker_max_rss_mb"]]
+        _say(f"repeat {r + 1}/{params.perf.repeats}: unlearning plain {plain[-1]:.1f} s, "
+             f"pipeline {pipe_s:.1f} s; retraining plain {plain_retrain[-1]:.1f} s, "
+             f"pipeline {retrain_s:.1f} s")
+    scaling = []
+    for fraction in params.perf.forget_fractions:
+        # the trainable set does not depend on the forget split (splits.py draws the held-out
+        # set first), so the original above is the original of every fraction
+        case = make_case(override(params, {"forget": {"kind": "sample", "fraction": fraction}}),
+                         sets, original)
+        unlearn_s, info = unlearn_plain(case)
+        retrain_s, _, _ = train_plain(case, "train")
+        scaling.append({"forget_fraction": fraction, "forget_samples": case["forget_samples"],
+                        "unlearn_s": unlearn_s, "retrain_s": retrain_s,
+                        "ascent_steps": info.get("steps", 0)})
+        _say(f"forget {fraction:.0%} ({case['forget_samples']} samples): unlearn "
+             f"{unlearn_s:.1f} s, retrain {retrain_s:.1f} s")
+    breakdown = {k: spread([p[k] for p in parts])["median"] for k in ("flow_s", *JOB_PARTS)}
+    once = ray_start_s + prefect_start_s
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                    else "no GPU (CPU)", "torch": torch.__version__, "ray": ray.__version__},
+        "repeats": params.perf.repeats,
+        "overhead_ratio": spread([p / q for p, q in zip(pipe, plain, strict=True)]),
+        "overhead_ratio_cold": spread([(p + once) / q for p, q in zip(pipe, plain, strict=True)]),
+        "overhead_ratio_retrain": spread([p / q for p, q in zip(retrain, plain_retrain,
+                                                                 strict=True)]),
+        "cost_ratio": spread([p / r for p, r in zip(pipe, retrain, strict=True)]),
+        "cost_ratio_plain": spread([p / r for p, r in zip(plain, plain_retrain, strict=True)]),
+        "overhead": {"plain_s": spread(plain), "pipeline_s": spread(pipe),
+                     "ray_start_s": ray_start_s, "prefect_start_s": prefect_start_s,
+                     "breakdown": breakdown},
+        "cost": {"unlearn_pipeline_s": spread(pipe), "retrain_pipeline_s": spread(retrain),
+                 "retrain_plain_s": spread(plain_retrain)},
+        "scaling": scaling,
+        "train_images_per_s": images_per_s,
+        "memory": {"driver_max_rss_mb": max_rss_mb(), "worker_max_rss_mb": max(rss)},
+    }
+
+
+def main() -> None:
+    try:
+        report = bench_perf(stage_params())
+    except (*USER_ERRORS, StageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    write_json(REPORT_DIR / "perf.json", report)
+    (REPORT_DIR / "perf.md").write_text(to_markdown(report))
+    plot_scaling(report, REPORT_DIR / "perf.png")
+    print(to_markdown(report))
+
+
+if __name__ == "__main__":
+    main()
