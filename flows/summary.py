@@ -42,7 +42,7 @@ def main() -> None:
         sys.exit(2)
     print_summary(metrics)
     print("\nNext:\n"
-          "  dvc metrics show                                   # the figures, per DVC\n"
+          "  dvc metrics show reports/metrics.json              # the figures, per DVC\n"
           "  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   # runs + registry\n"
           "  dvc exp run -S forget.classes=[7] -S seed=11       # another experiment")
 
