@@ -24,24 +24,26 @@ def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
     retrained from scratch differ by that much.
 
     Returns:
-        {"noise_floor", "best_other", "best_other_gap", "checks": {name: {"passed", "detail"}}}.
+        {"noise_floor", "best_other", "best_other_gap", "checks": {name: {"passed", "detail"}}};
+        best_other is None, and its check left out, when no other method ran.
     """
     floor = _mean(summary, "retrain", "retrain_gap")
     others = {r: _mean(summary, r, "retrain_gap") for r in summary
               if r not in NOT_RANKED | {method, "retrain"}}
-    best = min(others, key=others.get)
+    best = min(others, key=others.get) if others else None  # a run of decouple + retrain only
     gap, cost = _mean(summary, method, "retrain_gap"), _mean(summary, method, "cost_ratio")
     original = _mean(summary, "original", "retrain_gap")
-    checks = {
-        "gap_vs_best_other": (gap <= others[best] + floor,
-                              f"{gap:.4f} <= {others[best]:.4f} ({best}) + {floor:.4f}"),
-        "gap_vs_original": (gap < original - floor, f"{gap:.4f} < {original:.4f} - {floor:.4f}"),
-        "cost": (cost <= COST_BAR, f"{cost:.3f} <= {COST_BAR}"),
-    }
+    checks = {}
+    if best is not None:
+        checks["gap_vs_best_other"] = (gap <= others[best] + floor,
+                                       f"{gap:.4f} <= {others[best]:.4f} ({best}) + {floor:.4f}")
+    checks["gap_vs_original"] = (gap < original - floor,
+                                 f"{gap:.4f} < {original:.4f} - {floor:.4f}")
+    checks["cost"] = (cost <= COST_BAR, f"{cost:.3f} <= {COST_BAR}")
     if scenario in ("class", "sample"):
         asr, ref = _mean(summary, method, "backdoor_asr"), _mean(summary, "retrain", "backdoor_asr")
         checks["backdoor"] = (asr <= ref + ASR_MARGIN, f"{asr:.3f} <= {ref:.3f} + {ASR_MARGIN}")
-    return {"noise_floor": floor, "best_other": best, "best_other_gap": others[best],
+    return {"noise_floor": floor, "best_other": best, "best_other_gap": others.get(best),
             "checks": {k: {"passed": bool(ok), "detail": d} for k, (ok, d) in checks.items()}}
 
 

@@ -14,6 +14,7 @@ import time
 
 import mlflow
 import ray
+from mlflow.entities import Metric
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -59,7 +60,8 @@ def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id:
     sets = load_sets(params)
     splits = draw_splits(params, sets)
     chosen = eval_splits(splits, params.audit.max_samples, params.seed)
-    run = client().create_run(experiment_id, run_name=f"{name}-seed{params.seed}", tags={
+    mlflow_client = client()
+    run = mlflow_client.create_run(experiment_id, run_name=f"{name}-seed{params.seed}", tags={
         "mlflow.parentRunId": parent_id, "scenario": name, "seed": str(params.seed)})
     train_sets = job_sets(sets, train=[splits["retain"], splits["forget"]],
                           retain=[splits["retain"]], forget=[splits["forget"]],
@@ -67,11 +69,12 @@ def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id:
     info, _ = run_job("benchmark", f"bench-{name}-s{params.seed}", params, model_shape(sets),
                       train_sets, run.info.run_id, eval=eval_images(chosen, sets),
                       methods=params.benchmark.methods)
-    for row, figures in info.items():
-        if isinstance(figures, dict):
-            for key, value in figures.items():
-                client().log_metric(run.info.run_id, f"{row}.{key}", float(value))
-    client().set_terminated(run.info.run_id)
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(run.info.run_id, metrics=[
+        Metric(f"{row}.{key}", float(value), now, 0)
+        for row, figures in info.items() if isinstance(figures, dict)
+        for key, value in figures.items()])
+    mlflow_client.set_terminated(run.info.run_id)
     return info
 
 

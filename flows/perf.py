@@ -30,6 +30,7 @@ import torch
 from prefect import flow
 
 from components.methods.base import THRESHOLDS
+from components.models import cpu_state
 from components.params import Params, override
 from components.perf_report import (
     JOB_PARTS,
@@ -65,12 +66,7 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in getattr(model, "module", model)
-            .state_dict().items()}
-
-
-def make_case(params: Params, sets: dict, original: dict | None) -> dict[str, Any]:
+def draw_case(params: Params, sets: dict, original: dict | None) -> dict[str, Any]:
     """The job sets of one forget split: forget (ascent), retain (+forget: retention), train."""
     splits = draw_splits(params, sets)
     return {
@@ -95,7 +91,7 @@ def unlearn_plain(case: dict[str, Any]) -> tuple[float, dict]:
                            params, ctx, lambda m: m.to(ctx.device))
     seed_everything(params.seed)
     run_loop("retain", job_payload("plain-finetune", params, shape, case["retain"],
-                                   init=_state(model), original=original,
+                                   init=cpu_state(model), original=original,
                                    thresholds=info.pop(THRESHOLDS, None)),
              params, ctx, lambda m: m.to(ctx.device))
     return time.perf_counter() - t0, info
@@ -111,7 +107,7 @@ def train_plain(case: dict[str, Any], part: str) -> tuple[float, dict, dict]:
     info, model = run_loop("train", job_payload(f"plain-{part}", params, case["shape"],
                                                 {"train": case[part]["train"]}),
                            params, ctx, lambda m: m.to(ctx.device))
-    return time.perf_counter() - t0, info, _state(model)
+    return time.perf_counter() - t0, info, cpu_state(model)
 
 
 @flow(name="perf-unlearn", validate_parameters=False)
@@ -167,7 +163,7 @@ def _say(line: str) -> None:
 def bench_perf(params: Params) -> dict:
     """Run every measurement; returns the report (also written to reports/perf.*)."""
     sets = load_sets(params)
-    base = make_case(params, sets, None)
+    base = draw_case(params, sets, None)
     _say(f"training the original ({params.train.epochs} epochs, plain loop) ...")
     train_s, train_info, original = train_plain(base, "trainable")
     base["original"] = original
@@ -195,7 +191,7 @@ def bench_perf(params: Params) -> dict:
     for fraction in params.perf.forget_fractions:
         # the trainable set does not depend on the forget split (splits.py draws the held-out
         # set first), so the original above is the original of every fraction
-        case = make_case(override(params, {"forget": {"kind": "sample", "fraction": fraction}}),
+        case = draw_case(override(params, {"forget": {"kind": "sample", "fraction": fraction}}),
                          sets, original)
         unlearn_s, info = unlearn_plain(case)
         retrain_s, _, _ = train_plain(case, "train")

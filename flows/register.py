@@ -13,6 +13,7 @@ import numpy as np
 
 from components.certificate import make_certificate
 from components.models import model_from_file
+from components.params import Params
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
@@ -33,7 +34,8 @@ AUDIT_TAGS = ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc")
 QUALITY = ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retain_ssim", "test_ssim")
 
 
-def version_tags(params, metrics: dict, audit: dict, split_hash: str, lock_hash: str) -> dict:
+def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
+                 lock_hash: str) -> dict:
     """What a reviewer needs on the model version: flat figures for MLflow's UI and search,
     and JSON blocks (audit with its verdict, certificate, metrics) for `unlearn review`."""
     verdict = audit["verdict"]

@@ -26,7 +26,7 @@ from torch import nn
 
 from components.methods import UnlearnData, get_method
 from components.methods.base import THRESHOLDS
-from components.models import build_model, model_from_file, unwrap
+from components.models import build_model, cpu_state, model_from_file
 from components.params import Params, parse_params
 from components.retention import retain_knowledge
 from components.tasks import build_pairs
@@ -102,7 +102,7 @@ def _run_worker(config: dict[str, Any], payload: dict[str, Any], params: Params,
         return
     info, model = run_loop(config["kind"], payload, params, ctx, ray.train.torch.prepare_model)
     info.update(timing, worker_end=time.time(), worker_max_rss_mb=max_rss_mb())
-    final = {"model": {k: v.cpu() for k, v in unwrap(model).state_dict().items()},
+    final = {"model": cpu_state(model),
              "thresholds": info.pop(THRESHOLDS, None), "info": info}
     report({"done": 1, **{k: v for k, v in info.items() if isinstance(v, int | float)}}, final)
 

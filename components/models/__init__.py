@@ -49,6 +49,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def cpu_state(model: nn.Module) -> dict[str, Any]:
+    """The weights of a (possibly wrapped) model as CPU tensors, to save or hand on."""
+    return {k: v.cpu() for k, v in unwrap(model).state_dict().items()}
+
+
 def model_from_file(blob: dict[str, Any]) -> nn.Module:
     """Rebuild the module of a model file's content (weights, `model` block, shape), in eval
     mode."""

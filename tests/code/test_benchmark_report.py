@@ -47,3 +47,10 @@ def test_markdown_bolds_the_best_and_states_the_bar(tmp_path):
     assert "- PASS cost: 0.050 <= 0.1" in text
     plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_bar_without_other_methods_checks_what_it_can():
+    rows = summary([{k: v for k, v in case(0.02).items() if k != "neggrad_plus"}])
+    bar = check_bar("class", rows)
+    assert bar["best_other"] is None and "gap_vs_best_other" not in bar["checks"]
+    assert bar["checks"]["gap_vs_original"]["passed"] and bar["checks"]["backdoor"]["passed"]
