@@ -11,7 +11,8 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean
+.PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean \
+	services-up services-down check-infra
 
 setup: $(VENV)/.installed
 
@@ -56,6 +57,17 @@ test-slow: setup data
 	command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 	$(PYTEST) -m slow || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
+
+# the local service stack (infra/local): PostgreSQL, MLflow server, S3 server, Prefect server
+services-up: setup
+	bash infra/local/up.sh
+
+services-down:
+	bash infra/local/down.sh
+
+# every Kubernetes manifest validated offline against vendored schemas (infra/k8s)
+check-infra: setup
+	bash infra/check.sh
 
 lint: setup
 	ruff check components flows tests
