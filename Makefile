@@ -12,7 +12,7 @@ PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean \
-	services-up services-down check-infra
+	services-up services-down check-infra test-ops
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ bench-perf: setup data
 # pytest exits 5 when it collected no test: that is a failure here, never a pass
 test: setup data
 	$(PYTEST) || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
+
+# three deletion-request cycles in a row (clone, dvc pull/repro/push, commit, register, promote)
+test-ops: setup data
+	$(PYTEST) -m ops || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 
 test-slow: setup data
 	command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \

@@ -43,7 +43,7 @@ class DataParams(Strict):
 
 
 class ForgetParams(Strict):
-    kind: Literal["class", "sample"] = "class"
+    kind: Literal["class", "sample", "ledger"] = "class"
     classes: list[int | str] = Field(default_factory=lambda: [7])
     fraction: float = Field(0.01, gt=0, lt=1)
 
@@ -233,6 +233,22 @@ class MlflowParams(Strict):
     model_name: str = "fashion-mnist-ae"
 
 
+class ScheduleParams(Strict):
+    cron: str = "0 3 * * *"
+    start_from: Literal["champion", "original"] = "champion"
+    workdir: str = ".cycles"
+    branch: str = Field("unlearning", min_length=1)
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(10.0, ge=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (minute hour day month weekday), got {v!r}")
+        return v
+
+
 
 
 DEFAULT_SCENARIOS: dict[str, dict[str, Any]] = {
@@ -313,6 +329,7 @@ class Params(Strict):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     ray: RayParams = Field(default_factory=RayParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     perf: PerfParams = Field(default_factory=PerfParams)
 

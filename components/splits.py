@@ -1,8 +1,9 @@
 """Forget / retain / held-out / test splits and their manifests.
 
-A manifest is a CSV of `id,label,sha256,poisoned` rows, one per sample. The sha256 of each
-image is checked again whenever a split is loaded, so an image changed after `prepare`
-is caught before any training, with the file and id named.
+A manifest is a CSV of `id,label,sha256,poisoned,request` rows, one per sample (`request`:
+the deletion request a forget sample was taken for, empty where the params chose it). The
+sha256 of each image is checked again whenever a split is loaded, so an image changed after
+`prepare` is caught before any training, with the file and id named.
 """
 
 from __future__ import annotations
@@ -36,14 +37,17 @@ class Split:
     indices: np.ndarray
     labels: np.ndarray
     poisoned: np.ndarray  # bool, True where the backdoor trigger is stamped
+    # the deletion request each sample was forgotten for ("" where the params chose it)
+    requests: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def take(self, keep: np.ndarray) -> Split:
         """The sub-split at `keep` (a boolean mask or index array)."""
+        requests = None if self.requests is None else self.requests[keep]
         return Split(self.name, self.source, self.indices[keep], self.labels[keep],
-                     self.poisoned[keep])
+                     self.poisoned[keep], requests)
 
 
 def image_sha256(image: np.ndarray) -> str:
@@ -66,6 +70,7 @@ def split_forget_retain(
     seed: int,
     max_train: int | None = None,
     max_test: int | None = None,
+    requested: dict[int, str] | None = None,
 ) -> dict[str, Split]:
     """Draw the four splits, reproducibly from `seed`.
 
@@ -81,6 +86,8 @@ def split_forget_retain(
         poison_fraction: share of the forget set that carries the backdoor (0 for none).
         seed: the seed of every draw.
         max_train, max_test: optional caps (random subsets) for quick runs.
+        requested: train index -> deletion request id (the ledger): always forgotten, on
+            top of what `kind` selects; kind "ledger" forgets exactly these.
 
     Returns:
         {"forget", "retain", "heldout", "test"} -> Split.
@@ -92,7 +99,14 @@ def split_forget_retain(
     perm = rng.permutation(pool)
     n_heldout = int(round(len(pool) * heldout_fraction))
     heldout, trainable = np.sort(perm[:n_heldout]), np.sort(perm[n_heldout:])
-    if kind == "class":
+    requested = requested or {}
+    asked = np.array(sorted(requested), np.int64)
+    # a requested sample is never used again, not even as a held-out reference
+    heldout = heldout[~np.isin(heldout, asked)]
+    if kind == "ledger":
+        is_forget = np.isin(trainable, asked)
+        forget = trainable[is_forget]
+    elif kind == "class":
         wanted = resolve_classes(classes, train.class_names)
         is_forget = np.isin(train.labels[trainable], wanted)
         forget = trainable[is_forget]
@@ -101,16 +115,20 @@ def split_forget_retain(
         forget = np.sort(rng.choice(trainable, n_forget, replace=False))
         is_forget = np.isin(trainable, forget)
     else:
-        raise SplitError(f"unknown forget.kind {kind!r} (class or sample)")
+        raise SplitError(f"unknown forget.kind {kind!r} (class, sample or ledger)")
+    if kind != "ledger" and len(asked):
+        is_forget |= np.isin(trainable, asked)
+        forget = trainable[is_forget]
     retain = trainable[~is_forget]
-    if len(forget) == 0:
+    # an empty ledger still makes manifests: deletion requests are checked against them
+    if len(forget) == 0 and kind != "ledger":
         raise SplitError(f"the forget set is empty (kind={kind}, classes={classes}, "
                          f"fraction={fraction}, {len(trainable)} trainable samples)")
     if len(retain) == 0:
         raise SplitError("the forget set is the whole training set: nothing would be left to "
                          "retain (forget fewer classes or a smaller fraction)")
     n_poison = int(round(len(forget) * poison_fraction))
-    if n_poison == len(forget):
+    if n_poison == len(forget) > 0:
         raise SplitError("backdoor.fraction would poison every forget sample, leaving none clean "
                          "for the membership and OOD audits (use a fraction below 1)")
     poisoned = np.zeros(len(forget), bool)
@@ -123,8 +141,10 @@ def split_forget_retain(
         flags = np.zeros(len(idx), bool) if flags is None else flags
         return Split(name, source.split, idx, source.labels[idx], flags)
 
+    forget_split = make("forget", train, forget, poisoned)
+    forget_split.requests = np.array([requested.get(int(i), "") for i in forget], dtype=object)
     return {
-        "forget": make("forget", train, forget, poisoned),
+        "forget": forget_split,
         "retain": make("retain", train, retain),
         "heldout": make("heldout", train, heldout),
         "test": make("test", test, test_idx),
@@ -145,12 +165,13 @@ def write_manifest(path: str | Path, split: Split, source: ImageSet) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = source.ids(split.indices)
+    requests = split.requests if split.requests is not None else [""] * len(split)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "label", "sha256", "poisoned"])
-        for sid, i, label, flag in zip(ids, split.indices, split.labels, split.poisoned,
-                                       strict=True):
-            w.writerow([sid, int(label), image_sha256(source.images[i]), int(flag)])
+        w.writerow(["id", "label", "sha256", "poisoned", "request"])
+        for sid, i, label, flag, req in zip(ids, split.indices, split.labels, split.poisoned,
+                                            requests, strict=True):
+            w.writerow([sid, int(label), image_sha256(source.images[i]), int(flag), req])
     return file_sha256(path)
 
 
@@ -170,7 +191,7 @@ def read_manifest(path: str | Path, sets: dict[str, ImageSet]) -> Split:
     path = Path(path)
     if not path.exists():
         raise IntegrityError(f"split manifest missing: {path} (run the prepare stage)")
-    indices, labels, flags, source = [], [], [], None
+    indices, labels, flags, requests, source = [], [], [], [], None
     with path.open(newline="") as f:
         for n, row in enumerate(csv.DictReader(f), start=2):
             try:
@@ -191,5 +212,7 @@ def read_manifest(path: str | Path, sets: dict[str, ImageSet]) -> Split:
             indices.append(i)
             labels.append(int(row["label"]))
             flags.append(row["poisoned"] == "1")
+            requests.append(row.get("request") or "")
     return Split(path.stem, source or "train", np.array(indices, np.int64),
-                 np.array(labels, np.int64), np.array(flags, bool))
+                 np.array(labels, np.int64), np.array(flags, bool),
+                 np.array(requests, dtype=object))

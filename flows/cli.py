@@ -4,6 +4,10 @@
     unlearn promote --version N [--yes]          move `champion` to N if its audit passed
     unlearn promote --version N --force --reason "..."   override, recorded
     unlearn report                               reports/report.html (images, audits)
+    unlearn forget add --ids ID,... | --file F --reason "..."   file a deletion request
+    unlearn forget list [--json]                 requests: pending -> unlearned -> promoted
+    unlearn run --once                           one unlearning cycle over pending requests
+    unlearn serve                                the cycle on schedule.cron (Prefect)
 
 The registered model is `mlflow.model_name` from params.yaml; MLflow is MLFLOW_TRACKING_URI
 or the project's mlflow.db. MLflow keeps no alias history, so every promotion is appended
@@ -24,11 +28,14 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.table import Table
 
+from components.ledger import LEDGER_DIR, PROMOTED, LedgerError, add_request, mark, read_ledger
 from components.params import ParamsError
-from flows.common import stage_params
+from flows.common import SPLIT_DIR, stage_params
 from flows.tracking import client, tracking_uri
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
+forget_app = typer.Typer(help="Deletion requests: file them, list them.", no_args_is_help=True)
+app.add_typer(forget_app, name="forget")
 CANDIDATE, CHAMPION = "candidate", "champion"
 PROMOTION_PREFIX = "promotion."
 console = Console()
@@ -168,6 +175,12 @@ def promote(
     client().set_registered_model_tag(name, log_key, json.dumps(entry))
     client().set_registered_model_alias(name, CHAMPION, str(version))
     console.print(f"{name} v{version} is now '{CHAMPION}'" + (" (FORCED)" if force else ""))
+    covered = set(filter(None, target.tags.get("requests", "").split(",")))
+    done = [r.request_id for r in read_ledger(LEDGER_DIR)
+            if r.request_id in covered and r.status != PROMOTED]
+    if done:
+        mark(LEDGER_DIR, done, PROMOTED, version)
+        console.print(f"deletion requests now promoted: {', '.join(done)}")
 
 
 @app.command()
@@ -181,6 +194,111 @@ def report(out: Annotated[Path, typer.Option(help="where to write the page")] =
     except ParamsError as exc:
         fail(str(exc))
     console.print(f"wrote {out}")
+
+
+def training_ids() -> set[str]:
+    """The sample ids of the training data: the forget and retain manifests' first column."""
+    ids = set()
+    for name in ("forget", "retain"):
+        path = SPLIT_DIR / f"{name}.csv"
+        if not path.exists():
+            fail(f"{path} missing: the split manifests are needed to check ids "
+                 "(run `dvc repro`, or `dvc pull` in a fresh clone)")
+        with path.open() as f:
+            next(f)
+            ids.update(line.split(",", 1)[0] for line in f)
+    return ids
+
+
+def read_id_file(path: Path) -> list[str]:
+    """Ids from a CSV: the `id` column if there is a header with one, else the first column."""
+    if not path.exists():
+        fail(f"id file not found: {path}")
+    rows = [line.strip().split(",") for line in path.read_text().splitlines() if line.strip()]
+    if rows and "id" in rows[0]:
+        col = rows[0].index("id")
+        return [r[col].strip() for r in rows[1:] if len(r) > col]
+    return [r[0].strip() for r in rows]
+
+
+@forget_app.command("add")
+def forget_add(
+    reason: Annotated[str, typer.Option("--reason", help="why (kept in the ledger)")],
+    ids: Annotated[str | None, typer.Option("--ids", help="comma-separated sample ids, "
+                                            "<dataset>:<split>:<index>")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="CSV of ids")] = None,
+    requester: Annotated[str | None, typer.Option("--requester", help="who asked "
+                                                  "(default: the OS user)")] = None,
+) -> None:
+    """File a deletion request: every id is checked against the split manifests; one bad id
+    refuses the whole request and nothing is written."""
+    if (ids is None) == (file is None):
+        fail("give the sample ids with exactly one of --ids ID,... or --file ids.csv")
+    wanted = [i.strip() for i in ids.split(",")] if ids is not None else read_id_file(file)
+    try:
+        req = add_request(LEDGER_DIR, wanted, reason, requester or getpass.getuser(),
+                          training_ids())
+    except LedgerError as exc:
+        fail(str(exc))
+    console.print(f"{req.request_id}: {len(req.ids)} sample(s) pending; the next cycle "
+                  "(`unlearn run --once`, or the schedule) unlearns them")
+
+
+@forget_app.command("list")
+def forget_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False
+                ) -> None:
+    """Every deletion request with its status and the model version that removed it."""
+    try:
+        requests = read_ledger(LEDGER_DIR)
+    except LedgerError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps([{"request_id": r.request_id, "ids": r.ids, "status": r.status,
+                           "model_version": r.model_version, "reason": r.reason,
+                           "requester": r.requester, "at": r.at, "history": r.history}
+                          for r in requests], indent=2))
+        return
+    table = Table(title=f"deletion requests ({LEDGER_DIR})")
+    for col in ("request", "status", "version", "samples", "requester", "filed", "reason"):
+        table.add_column(col)
+    for r in requests:
+        table.add_row(r.request_id, r.status, str(r.model_version or ""), str(len(r.ids)),
+                      r.requester, r.at, r.reason)
+    console.print(table)
+
+
+@app.command("run")
+def run_cycle(once: Annotated[bool, typer.Option("--once", help="run one cycle now")] = False
+              ) -> None:
+    """One unlearning cycle over the pending deletion requests (see flows/cycle.py)."""
+    if not once:
+        fail("`unlearn run` needs --once (for the schedule: `unlearn serve`)")
+    from flows.cycle import unlearning_cycle
+
+    state = unlearning_cycle(root=str(Path.cwd()), return_state=True)
+    if state.is_failed() or state.is_crashed():
+        fail(f"the cycle failed: {state.message}", code=1)
+
+
+@app.command()
+def serve() -> None:
+    """Serve the cycle as a Prefect deployment on schedule.cron (blocks; Ctrl-C stops)."""
+    import asyncio
+
+    from prefect import serve as prefect_serve
+
+    from flows.cycle import DEPLOYMENT, clear_stale_runs, cycle_deployment
+
+    try:
+        params = stage_params()
+    except ParamsError as exc:
+        fail(str(exc))
+    deployment = cycle_deployment(params, Path.cwd())
+    dropped = asyncio.run(clear_stale_runs(deployment.apply()))
+    console.print(f"deployment '{DEPLOYMENT}': cron '{params.schedule.cron}' (UTC)"
+                  + (f"; {dropped} run(s) planned by an older schedule dropped" if dropped
+                     else ""))
+    prefect_serve(deployment)
 
 
 if __name__ == "__main__":

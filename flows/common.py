@@ -19,6 +19,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from components.data import DataError, ImageSet, load_dataset
+from components.ledger import LEDGER_DIR, LedgerError, read_ledger, requested_ids
 from components.methods.base import THRESHOLDS
 from components.params import Params, ParamsError, load_params
 from components.splits import (
@@ -38,7 +39,8 @@ REPORT_DIR = Path("reports")
 
 REFUSED = "Refused"  # the name of a flow state that failed on a user mistake
 # Mistakes a user can make (bad params, data, requests): one clear line, exit 2, no traceback.
-USER_ERRORS = (ParamsError, DataError, SplitError, IntegrityError, DivergenceError)
+USER_ERRORS = (ParamsError, DataError, SplitError, IntegrityError, DivergenceError,
+               LedgerError)
 
 
 class StageError(RuntimeError):
@@ -61,13 +63,31 @@ def load_sets(params: Params) -> dict[str, ImageSet]:
     return {s: load_dataset(params.data.dataset, params.data.path, s) for s in ("train", "test")}
 
 
+def ledger_indices(train: ImageSet, ledger: Path = LEDGER_DIR) -> dict[int, str]:
+    """Train index -> request id for every deletion request in the ledger (cumulative)."""
+    out = {}
+    for sid, request in requested_ids(read_ledger(ledger)).items():
+        dataset, split, index = sid.split(":")
+        if dataset != train.dataset or split != "train" or int(index) >= len(train):
+            raise SplitError(f"{request} asks for {sid}, which is not in {train.dataset}'s "
+                             "training data (did data.dataset change?)")
+        out[int(index)] = request
+    return out
+
+
 def draw_splits(params: Params, sets: dict[str, ImageSet]) -> dict[str, Split]:
-    """The forget / retain / held-out / test splits the params ask for (seeded)."""
+    """The forget / retain / held-out / test splits the params and the ledger ask for (seeded).
+
+    With forget.kind=ledger the backdoor is never planted: the forget set is real users'
+    data that grows request by request, and the original model must not depend on it.
+    """
+    poison = params.backdoor.fraction if params.backdoor.enabled else 0.0
     return split_forget_retain(
         sets["train"], sets["test"], kind=params.forget.kind, classes=params.forget.classes,
         fraction=params.forget.fraction, heldout_fraction=params.data.heldout_fraction,
-        poison_fraction=params.backdoor.fraction if params.backdoor.enabled else 0.0,
+        poison_fraction=0.0 if params.forget.kind == "ledger" else poison,
         seed=params.seed, max_train=params.data.max_train, max_test=params.data.max_test,
+        requested=ledger_indices(sets["train"]),
     )
 
 
@@ -111,6 +131,25 @@ def read_model_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise StageError(f"model file missing: {path} (run the stage that writes it)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def start_model() -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights unlearning starts from (stage `start`) and the deletion requests they have
+    already forgotten (none unless a cycle starts from the champion)."""
+    blob = read_model_file(MODEL_DIR / "start.pt")
+    return blob["state_dict"], list(blob["info"].get("covers", []))
+
+
+def new_forget(forget: Split, covers: list[str]) -> Split:
+    """The forget samples the start model has not forgotten yet: incremental unlearning acts
+    on these only, while the audit still covers the whole forget split."""
+    if not covers:
+        return forget
+    keep = ~np.isin(forget.requests.astype(str), covers)
+    if not keep.any():
+        raise StageError("the start model already forgot every sample of the forget split: "
+                         "nothing new to unlearn")
+    return forget.take(keep)
 
 
 def write_json(path: Path, obj: Any) -> None:

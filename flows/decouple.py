@@ -1,5 +1,6 @@
 """Stage `decouple`: the forgetting phase of `unlearn.method` (for the seed method: clipped
-gradient ascent until the forget loss reaches λ) as a Ray Train job. Writes models/decoupled.pt.
+gradient ascent until the forget loss reaches λ) as a Ray Train job, from the start model
+(stage `start`) on the forget samples it has not forgotten yet. Writes models/decoupled.pt.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from flows.common import (
     load_sets,
     load_splits,
     model_shape,
+    new_forget,
     read_json,
-    read_model_file,
     run_stage,
     save_model,
     stage_flow,
     stage_params,
+    start_model,
     write_json,
 )
 from flows.jobs import run_job
@@ -37,22 +39,24 @@ def decouple() -> dict:
     sets = load_sets(params)
     splits = load_splits(sets)
     shape = model_shape(sets)
-    original = read_model_file(MODEL_DIR / "original.pt")["state_dict"]
+    start, covers = start_model()
+    forget = new_forget(splits["forget"], covers)
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     tags = {"forget_split_hash": split_hash, "method": method.name}
     with stage_run("decouple", params, SECTIONS, tags) as run:
         t0 = time.perf_counter()
         info, state = run_job(
             "forget", f"decouple-{method.name}", params, shape,
-            job_sets(sets, forget=[splits["forget"]], retain=[splits["retain"]],
+            job_sets(sets, forget=[forget], retain=[splits["retain"]],
                      heldout=[splits["heldout"]]),
-            run.info.run_id, init=original, original=original,
+            run.info.run_id, init=start, original=start,
         )
         info["stage_seconds"] = time.perf_counter() - t0
         save_model(MODEL_DIR / "decoupled.pt", state, params, shape, info)
         info.pop(THRESHOLDS, None)  # kept with the model, not in the report
         log_figures("", info)
-    report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id}
+    report = {"method": method.name, **info, "forget_samples": len(forget),
+              "mlflow_run_id": run.info.run_id}
     write_json(REPORT_DIR / "decouple.json", report)
     print(f"[decouple] {method.name}: {info.get('steps', 0)} steps, "
           f"{info['train_seconds']:.1f} s of unlearning compute")

@@ -16,12 +16,14 @@ from flows.common import (
     job_sets,
     load_sets,
     load_splits,
+    new_forget,
     read_json,
     read_model_file,
     run_stage,
     save_model,
     stage_flow,
     stage_params,
+    start_model,
     write_json,
 )
 from flows.jobs import run_job
@@ -47,14 +49,15 @@ def finetune() -> dict:
         else:
             sets = load_sets(params)
             splits = load_splits(sets)
-            original = read_model_file(MODEL_DIR / "original.pt")["state_dict"]
+            start, covers = start_model()
             t0 = time.perf_counter()
             parts, lam = {"retain": [splits["retain"]]}, None
             if method.keeps_decoupling:  # retention keeps each forget pair at its λ_i
-                parts["forget"], lam = [splits["forget"]], decoupled_file[THRESHOLDS]
+                parts["forget"] = [new_forget(splits["forget"], covers)]
+                lam = decoupled_file[THRESHOLDS]
             info, state = run_job(
                 "retain", f"finetune-{method.name}", params, shape, job_sets(sets, **parts),
-                run.info.run_id, init=decoupled, original=original, thresholds=lam,
+                run.info.run_id, init=decoupled, original=start, thresholds=lam,
             )
             info["stage_seconds"] = time.perf_counter() - t0
         save_model(MODEL_DIR / "unlearned.pt", state, params, shape, info)

@@ -34,6 +34,7 @@ def prepare() -> dict:
         "counts": {n: len(splits[n]) for n in SPLITS},
         "poisoned": int(forget.poisoned.sum()),
         "forget_classes": sorted({sets["train"].class_names[c] for c in forget.labels}),
+        "requests": sorted({r for r in forget.requests if r}),
         "hashes": hashes,
     }
     write_json(SPLIT_DIR / "summary.json", summary)
@@ -42,7 +43,8 @@ def prepare() -> dict:
         log_figures("", {"poisoned": summary["poisoned"]})
     print(f"[prepare] {params.data.dataset}: " + ", ".join(
         f"{n} {c}" for n, c in summary["counts"].items())
-        + f"; {summary['poisoned']} forget samples carry the backdoor trigger")
+        + f"; {summary['poisoned']} forget samples carry the backdoor trigger"
+        + (f"; {len(summary['requests'])} deletion request(s)" if summary["requests"] else ""))
     return summary
 
 

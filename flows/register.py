@@ -35,7 +35,7 @@ QUALITY = ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retain_ssi
 
 
 def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
-                 lock_hash: str) -> dict:
+                 lock_hash: str, requests: list[str]) -> dict:
     """What a reviewer needs on the model version: flat figures for MLflow's UI and search,
     and JSON blocks (audit with its verdict, certificate, metrics) for `unlearn review`."""
     verdict = audit["verdict"]
@@ -46,6 +46,8 @@ def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
         "method": params.unlearn.method,
         "forget_split_hash": split_hash,
         "dvc_lock_hash": lock_hash,
+        # the deletion requests this version has forgotten (all so far: the audit covers them)
+        "requests": ",".join(requests),
         "audit.passed": str(verdict["passed"]).lower(),
         **{f"audit.{k}": f"{unlearned[k]:.4f}" for k in AUDIT_TAGS},
         **{f"reference.{k}": f"{reference[k]:.4f}" for k in AUDIT_TAGS},
@@ -66,11 +68,12 @@ def register() -> dict:
     blob = read_model_file(MODEL_DIR / "unlearned.pt")
     model = model_from_file(blob)
     c, side = blob["shape"]
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
+    summary = read_json(SPLIT_DIR / "summary.json")
     lock = Path("dvc.lock")
     audit = read_json(REPORT_DIR / "audit.json")
-    tags = version_tags(params, metrics, audit, split_hash,
-                        file_sha256(lock) if lock.exists() else "none")
+    tags = version_tags(params, metrics, audit, summary["hashes"]["forget"],
+                        file_sha256(lock) if lock.exists() else "none",
+                        summary.get("requests", []))
     name = params.mlflow.model_name
     run_tags = {k: v for k, v in tags.items() if k not in ("audit", "certificate", "metrics")}
     with stage_run("register", params, SECTIONS, run_tags) as run:
@@ -78,6 +81,9 @@ def register() -> dict:
         log_figures("unlearned", metrics["unlearned"])
         for report in ("metrics.json", "audit.json"):
             mlflow.log_artifact(str(REPORT_DIR / report), "reports")
+        # the plain weights file: a later cycle starts from it (flows/start.py), loaded with
+        # torch.load(weights_only=True), never by unpickling code
+        mlflow.log_artifact(str(MODEL_DIR / "unlearned.pt"), "checkpoint")
         # pinning the requirement skips MLflow's inference (16 s -> 5 s, STACK.md §4)
         # MLflow 3 saves a torch.export (pt2) program, not a pickle; it needs an example input,
         # of batch 2: torch.export would specialise a batch of 1 into the program

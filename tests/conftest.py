@@ -130,7 +130,8 @@ def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]
 
     ws = tmp_path / "repo"
     ws.mkdir()
-    for item in ("components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+    for item in ("components", "flows", "ledger", "dvc.yaml", ".dvc/config", ".dvcignore",
+                 ".gitignore"):
         src = REPO / item
         if src.is_dir():
             shutil.copytree(src, ws / item, ignore=shutil.ignore_patterns("__pycache__"))

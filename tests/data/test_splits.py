@@ -96,3 +96,41 @@ def test_tampered_manifest_is_caught(digits, tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(IntegrityError, match="forget.csv:3: bad or unknown sample id"):
         read_manifest(path, digits)
+
+
+def test_ledger_requests_are_forgotten_on_top_of_the_params(digits):
+    base = make(digits)
+    retained = base["retain"].indices[:3]
+    asked = {int(i): "req-0001" for i in retained}
+    s = make(digits, requested=asked)
+    assert set(retained.tolist()) <= set(s["forget"].indices.tolist())
+    assert set(base["forget"].indices.tolist()) <= set(s["forget"].indices.tolist())
+    assert not np.isin(retained, s["retain"].indices).any()
+    tagged = dict(zip(s["forget"].indices.tolist(), s["forget"].requests, strict=True))
+    assert [tagged[int(i)] for i in retained] == ["req-0001"] * 3
+    assert {tagged[int(i)] for i in base["forget"].indices} == {""}
+
+
+def test_ledger_kind_forgets_exactly_the_requests(digits):
+    base = make(digits)
+    trained = {int(base["retain"].indices[0]), int(base["forget"].indices[0])}
+    held = int(base["heldout"].indices[0])
+    asked = {i: f"req-{n}" for n, i in enumerate([*trained, held])}
+    s = make(digits, kind="ledger", poison_fraction=0.0, requested=asked)
+    assert set(s["forget"].indices.tolist()) == trained
+    # a requested held-out sample was never trained on: it is only dropped from the held-out
+    # references, never used again
+    assert held not in s["heldout"].indices and held not in s["retain"].indices
+    # no request yet: manifests all the same (requests are checked against them)
+    empty = make(digits, kind="ledger", poison_fraction=0.0, requested={})
+    assert len(empty["forget"]) == 0 and len(empty["retain"]) == len(base["retain"]) + len(
+        base["forget"])
+
+
+def test_manifest_keeps_the_request_of_each_forget_sample(digits, tmp_path):
+    asked = {int(make(digits)["retain"].indices[5]): "req-0007"}
+    s = make(digits, requested=asked)
+    write_manifest(tmp_path / "forget.csv", s["forget"], digits["train"])
+    back = read_manifest(tmp_path / "forget.csv", digits)
+    assert list(back.requests) == list(s["forget"].requests)
+    assert "req-0007" in (tmp_path / "forget.csv").read_text()

@@ -1,0 +1,275 @@
+"""The scheduled unlearning cycle: pending deletion requests -> an audited `candidate` version.
+
+    unlearn run --once    one cycle now (nothing pending: does nothing and says so)
+    unlearn serve         the same flow as a Prefect deployment on `schedule.cron`
+
+A cycle never runs `dvc repro` in the user's workspace (DVC locks a workspace per repro): it
+clones the repository into `schedule.workdir/<cycle id>`, checks out `schedule.branch`, copies
+the ledger in, `dvc pull`s the last outputs, runs `dvc repro` (from the champion when
+`schedule.start_from=champion`), `dvc push`es, commits dvc.lock, params and the ledger to the
+branch and pushes it back, and only then marks the requests `unlearned` with the new model
+version. If any step fails, the version it registered is deleted and `candidate` goes back to
+where it was: the ledger and the registry are as before, and the cycle can simply run again.
+One cycle at a time: a second one refuses while the first holds the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from components.ledger import LEDGER_DIR, REQUESTS, STATUS, UNLEARNED, mark, pending, read_ledger
+from components.params import Params
+from flows.common import StageError, stage_flow, stage_params
+from flows.start import CHECKPOINT_ARTIFACT, START_FILE
+from flows.tracking import client, setup, tracking_uri
+
+BIN = Path(sys.executable).parent
+CYCLES_LOG = LEDGER_DIR / "cycles.jsonl"
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+class CycleBusy(StageError):
+    """Another cycle holds the lock of this workspace."""
+
+
+@contextmanager
+def cycle_lock(workdir: Path) -> Iterator[None]:
+    """Hold the workspace's cycle lock (an flock: released by the OS if the process dies)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "cycle.lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise CycleBusy(f"another unlearning cycle is running ({f.read().strip()}); "
+                            "try again when it has finished") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+        f.flush()
+        yield
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str], log: Path | None = None) -> str:
+    """Run a command; stream its output (and to `log`); raise with its tail on failure."""
+    out = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            out.append(line)
+            if log is not None:
+                print(f"  {line}", end="", flush=True)
+    text = "".join(out)
+    if log is not None:
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{text}")
+    if proc.returncode != 0:
+        raise StageError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{text[-2000:]}")
+    return text
+
+
+def start_spec(params: Params) -> dict[str, Any]:
+    """What ledger/start.json says for this cycle: the champion when schedule.start_from is
+    `champion` and the champion carries its weights file, else the original."""
+    if params.schedule.start_from == "original":
+        return {"from": "original"}
+    try:
+        champ = client().get_model_version_by_alias(params.mlflow.model_name, CHAMPION)
+    except Exception:  # no registered model or no champion yet
+        return {"from": "original"}
+    artifacts = [a.path for a in client().list_artifacts(champ.run_id, "checkpoint")]
+    if CHECKPOINT_ARTIFACT not in artifacts:
+        print(f"[cycle] champion v{champ.version} has no {CHECKPOINT_ARTIFACT}: from the original")
+        return {"from": "original"}
+    covers = [r for r in champ.tags.get("requests", "").split(",") if r]
+    return {"from": "champion", "version": int(champ.version), "run_id": champ.run_id,
+            "requests": covers}
+
+
+def clone_env(root: Path) -> dict[str, str]:
+    """The cycle's environment: the workspace's MLflow (its registry, not a clone's), tools."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "DVC_NO_ANALYTICS": "1",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+
+
+@task(name="clone", cache_policy=NO_CACHE)
+def clone(root: Path, workdir: Path, branch: str, env: dict[str, str]) -> Path:
+    """A fresh clone on `branch` (created from HEAD the first time, HEAD merged in later)."""
+    head = sh(["git", "rev-parse", "HEAD"], root, env).strip()
+    sh(["git", "clone", "-q", str(root), str(workdir)], root, env)
+    if sh(["git", "ls-remote", "--heads", "origin", branch], workdir, env).strip():
+        sh(["git", "checkout", "-q", "-B", branch, f"origin/{branch}"], workdir, env)
+        sh(["git", "-c", "user.name=unlearn", "-c", "user.email=unlearn@localhost", "merge",
+            "-q", "--no-edit", "-X", "theirs", head], workdir, env)
+    else:
+        sh(["git", "checkout", "-q", "-b", branch, head], workdir, env)
+    # remotes: the workspace's local config (e.g. the S3 remote of the service stack), and
+    # local paths made absolute (relative ones would point inside the clone)
+    local = root / ".dvc" / "config.local"
+    if local.exists():
+        shutil.copy(local, workdir / ".dvc" / "config.local")
+    from dvc.repo import Repo  # DVC's own config reader resolves relative remote paths
+
+    with Repo(str(root)) as repo:
+        remotes = {n: r["url"] for n, r in repo.config["remote"].items()}
+    for name, url in remotes.items():
+        if "://" not in url:
+            sh(["dvc", "remote", "modify", "--local", name, "url", url], workdir, env)
+    return workdir
+
+
+def commit_and_push(ws: Path, branch: str, message: str, env: dict[str, str]) -> str:
+    files = ["dvc.lock", "params.yaml", str(LEDGER_DIR)]
+    sh(["git", "add", *files], ws, env)
+    sh(["git", "-c", "user.name=unlearn", "-c", "user.email=unlearn@localhost", "commit", "-q",
+        "-m", message], ws, env)
+    sh(["git", "push", "-q", "origin", f"HEAD:refs/heads/{branch}"], ws, env)
+    return sh(["git", "rev-parse", "HEAD"], ws, env).strip()
+
+
+def undo_registration(params: Params, version: int | None, before: int | None) -> None:
+    """Delete the version a failed cycle registered and move `candidate` back."""
+    if version is None:
+        return
+    name = params.mlflow.model_name
+    client().delete_model_version(name, str(version))
+    if before is not None:
+        client().set_registered_model_alias(name, CANDIDATE, str(before))
+    print(f"[cycle] undone: version {version} deleted, '{CANDIDATE}' back on {before}")
+
+
+def alias_version(name: str, alias: str) -> int | None:
+    try:
+        return int(client().get_model_version_by_alias(name, alias).version)
+    except Exception:  # no such model or alias
+        return None
+
+
+@stage_flow("unlearning-cycle")
+def unlearning_cycle(root: str = ".") -> dict:
+    """One cycle over the pending deletion requests of the workspace at `root`."""
+    root_path = Path(root).resolve()
+    os.chdir(root_path)
+    params = stage_params()
+    todo = pending(read_ledger(LEDGER_DIR))
+    if not todo:
+        print("[cycle] no pending deletion requests: nothing to do")
+        return {"status": "idle", "requests": []}
+    workdir = (root_path / params.schedule.workdir).resolve()
+    with cycle_lock(workdir):
+        return _run(params, root_path, workdir, [r.request_id for r in todo])
+
+
+def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
+    cycle_id = time.strftime("cycle-%Y%m%d-%H%M%S")
+    ws, env, t = workdir / cycle_id, clone_env(root), {}
+    log = workdir / f"{cycle_id}.log"
+    setup(params)  # the experiment's artifacts live in the workspace, not in the clone
+    name, before = params.mlflow.model_name, alias_version(params.mlflow.model_name, CANDIDATE)
+    retry = {"retries": params.schedule.retries,
+             "retry_delay_seconds": params.schedule.retry_delay_s}
+    print(f"[cycle] {cycle_id}: {len(todo)} pending request(s): {', '.join(todo)}")
+    version = None
+    t0 = time.perf_counter()
+    try:
+        clone(root, ws, params.schedule.branch, env)
+        for fname in (REQUESTS, STATUS):  # the workspace's ledger is the source of truth
+            if (root / LEDGER_DIR / fname).exists():
+                shutil.copy(root / LEDGER_DIR / fname, ws / LEDGER_DIR / fname)
+        spec = start_spec(params)
+        (ws / START_FILE).write_text(json.dumps(spec, sort_keys=True) + "\n")
+        t["clone"] = time.perf_counter() - t0
+        print(f"[cycle] starts from {spec['from']}"
+              + (f" v{spec['version']}" if spec["from"] == "champion" else ""))
+        sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
+        t["pull"] = time.perf_counter() - t0 - sum(t.values())
+        sh(["dvc", "repro"], ws, env, log)
+        t["repro"] = time.perf_counter() - t0 - sum(t.values())
+        registered = json.loads((ws / "reports/registered.json").read_text())
+        version = registered["version"]
+        metrics = json.loads((ws / "reports/metrics.json").read_text())
+        mark(ws / LEDGER_DIR, todo, UNLEARNED, version)
+        task(name="dvc-push", cache_policy=NO_CACHE, **retry)(sh)(
+            ["dvc", "push", "-q"], ws, env, log)
+        commit = task(name="git-push", cache_policy=NO_CACHE, **retry)(commit_and_push)(
+            ws, params.schedule.branch,
+            f"Unlearning cycle {cycle_id}: {', '.join(todo)} -> {name} v{version}", env)
+        t["push"] = time.perf_counter() - t0 - sum(t.values())
+    except BaseException:
+        undo_registration(params, version, before)
+        print(f"[cycle] FAILED; nothing marked. Clone kept for inspection: {ws} (log {log})")
+        raise
+    mark(root / LEDGER_DIR, todo, UNLEARNED, version)
+    record = {"cycle": cycle_id, "requests": todo, "model_version": version, "commit": commit,
+              "start": spec, "seconds": {**t, "total": time.perf_counter() - t0},
+              "unlearn_seconds": metrics["unlearn_seconds"],
+              "retrain_seconds": metrics["retrain_seconds"], "cost_ratio": metrics["cost_ratio"],
+              "audit_passed": _audit_passed(ws)}
+    with (root / CYCLES_LOG).open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    shutil.rmtree(ws, ignore_errors=True)
+    print(f"[cycle] done in {record['seconds']['total']:.0f} s: {name} v{version} is "
+          f"'{CANDIDATE}' (audit {'PASSED' if record['audit_passed'] else 'FAILED'}), "
+          f"{len(todo)} request(s) marked unlearned; branch {params.schedule.branch} at "
+          f"{commit[:10]}")
+    return {"status": "done", **record}
+
+
+def _audit_passed(ws: Path) -> bool:
+    return json.loads((ws / "reports/audit.json").read_text())["verdict"]["passed"]
+
+
+DEPLOYMENT, SCHEDULE_SLUG = "scheduled-unlearning", "unlearning-cron"
+
+
+def cycle_deployment(params: Params, root: Path) -> Any:
+    """The cycle as a Prefect deployment on `schedule.cron` (UTC), one run at a time.
+
+    The schedule carries a fixed slug: Prefect matches schedules by slug on redeploy, so
+    serving again after a cron change replaces the schedule instead of adding a second one.
+    """
+    from prefect.schedules import Cron
+
+    return unlearning_cycle.to_deployment(
+        name=DEPLOYMENT, schedules=[Cron(params.schedule.cron, timezone="UTC",
+                                         slug=SCHEDULE_SLUG)],
+        parameters={"root": str(root)}, concurrency_limit=1, tags=["unlearning"],
+        description="Pending deletion requests -> an audited candidate model (flows/cycle.py)")
+
+
+async def clear_stale_runs(deployment_id: Any) -> int:
+    """Delete the deployment's runs that are still only scheduled: runs planned from an older
+    schedule would otherwise fire beside the new one (Prefect issue #18894). The scheduler
+    plans them again from the schedule now in force."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    async with get_client() as pc:
+        runs = await pc.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+        for run in runs:
+            await pc.delete_flow_run(run.id)
+    return len(runs)

@@ -1,0 +1,127 @@
+"""The deletion-request loop for real: `unlearn forget add` -> `unlearn run --once` (a clone,
+`dvc pull`, `dvc repro`, `dvc push`, a commit on the cycle branch, a registered candidate) ->
+`unlearn promote`, three cycles in a row on tiny digits, on the session Ray and Prefect.
+"""
+
+import fcntl
+import json
+import subprocess
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.flows.test_pipeline import run
+
+OPS_PARAMS = {"forget": {"kind": "ledger"}, "backdoor": {"enabled": False},
+              "schedule": {"retry_delay_s": 1}}
+
+
+def forget_list(ws, env):
+    return {r["request_id"]: r for r in json.loads(run(["unlearn", "forget", "list", "--json"],
+                                                       ws, env))}
+
+
+def ops_workspace(ws, env):
+    """The tiny workspace switched to the ledger, committed (a cycle runs committed params),
+    with split manifests to check request ids against."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for section, values in OPS_PARAMS.items():
+        params[section].update(values)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "ops"], ws, env)
+    run(["dvc", "repro", "prepare"], ws, env)
+    return [line.split(",")[0] for line in
+            (ws / "data/splits/retain.csv").read_text().splitlines()[1:]]
+
+
+def add(ws, env, ids, reason="erasure request"):
+    return run(["unlearn", "forget", "add", "--ids", ",".join(ids), "--reason", reason,
+                "--requester", "dpo"], ws, env)
+
+
+@pytest.mark.ops
+def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
+    ws, env = workspace
+    retain = ops_workspace(ws, env)
+    out = run(["unlearn", "run", "--once"], ws, env)
+    assert "no pending deletion requests: nothing to do" in out
+
+    batches = [retain[0:40], retain[40:80], retain[80:120]]
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    for n, batch in enumerate(batches, start=1):
+        assert f"req-000{n}: 40 sample(s) pending" in add(ws, env, batch)
+        out = run(["unlearn", "run", "--once"], ws, env, timeout=1200)
+        assert f"v{n} is 'candidate'" in out, out[-3000:]
+        version = client.get_model_version("digits-ae", str(n))
+        # cumulative: each version has forgotten every request so far, and its audit (over all
+        # of them, against a model retrained without any of them) passed
+        assert version.tags["requests"] == ",".join(f"req-000{i}" for i in range(1, n + 1))
+        assert version.tags["audit.passed"] == "true", version.tags["audit"]
+        ledger = forget_list(ws, env)
+        assert ledger[f"req-000{n}"]["status"] == "unlearned"
+        assert ledger[f"req-000{n}"]["model_version"] == n
+        if n == 1:  # the reviewer promotes v1; later cycles start from it
+            run(["unlearn", "promote", "--version", "1", "--yes", "--by", "dpo"], ws, env)
+            assert forget_list(ws, env)["req-0001"]["status"] == "promoted"
+
+    cycles = [json.loads(x) for x in (ws / "ledger/cycles.jsonl").read_text().splitlines()]
+    assert [c["model_version"] for c in cycles] == [1, 2, 3]
+    assert [c["start"]["from"] for c in cycles] == ["original", "champion", "champion"]
+    # incremental: from champion v1, cycle 3 unlearns requests 2 and 3 (v2 was never promoted)
+    assert cycles[2]["start"]["requests"] == ["req-0001"]
+    assert all(c["unlearn_seconds"] > 0 and c["seconds"]["total"] > 0 for c in cycles)
+    # the original is trained once: later cycles keep it (same training data), and retrain
+    # only the reference
+    branch_lock = yaml.safe_load(run(["git", "show", "unlearning:dvc.lock"], ws, env))
+    assert branch_lock["stages"]["start"]["deps"][1]["path"] == "ledger/start.json"
+    log = run(["git", "log", "--format=%s", "unlearning"], ws, env)
+    assert log.count("Unlearning cycle") == 3 and "req-0003 -> digits-ae v3" in log
+    assert not list((ws / ".cycles").glob("cycle-*/"))  # clones of successful cycles removed
+    print("cycle costs:", [(c["model_version"], round(c["seconds"]["total"]),
+                            round(c["cost_ratio"], 3)) for c in cycles])
+
+
+def test_requests_are_refused_cleanly_and_a_second_cycle_waits(workspace):
+    ws, env = workspace
+    out = run(["unlearn", "forget", "add", "--ids", "digits:train:1", "--reason", "x"], ws, env,
+              code=2)
+    assert "split manifests are needed" in out and "Traceback" not in out
+    retain = ops_workspace(ws, env)
+    out = run(["unlearn", "forget", "add", "--ids", f"{retain[0]},{retain[0]},digits:train:99999,"
+               "bogus", "--reason", "x"], ws, env, code=2)
+    assert "3 bad id(s)" in out and "listed twice" in out and "malformed" in out
+    assert "Traceback" not in out and (ws / "ledger/requests.jsonl").read_text() == ""
+    assert "exactly one of --ids" in run(["unlearn", "forget", "add", "--reason", "x"], ws, env,
+                                         code=2)
+    assert "needs --once" in run(["unlearn", "run"], ws, env, code=2)
+    add(ws, env, retain[:5])
+    assert "already requested in req-0001" in run(
+        ["unlearn", "forget", "add", "--ids", retain[0], "--reason", "again"], ws, env, code=2)
+
+    # a cycle already running holds the lock: the second one refuses and changes nothing
+    (ws / ".cycles").mkdir()
+    with (ws / ".cycles/cycle.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        out = run(["unlearn", "run", "--once"], ws, env, code=1)
+    assert "another unlearning cycle is running" in out
+    assert forget_list(ws, env)["req-0001"]["status"] == "pending"
+    assert not (ws / "ledger/cycles.jsonl").exists()
+
+
+def test_redeploying_the_schedule_keeps_one_schedule(workspace):
+    ws, env = workspace
+    script = ("import asyncio; from pathlib import Path; from flows.common import stage_params; "
+              "from flows.cycle import cycle_deployment, clear_stale_runs; "
+              "d = cycle_deployment(stage_params(), Path.cwd()); i = d.apply(); "
+              "asyncio.run(clear_stale_runs(i)); print(i)")
+    first = run(["python", "-c", script], ws, env).strip().splitlines()[-1]
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["schedule"]["cron"] = "30 4 * * 1"
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    second = run(["python", "-c", script], ws, env).strip().splitlines()[-1]
+    assert first == second
+    shown = subprocess.run(["prefect", "deployment", "inspect",
+                            "unlearning-cycle/scheduled-unlearning"], cwd=ws, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.count("'cron'") == 1 and "30 4 * * 1" in shown, shown
