@@ -5,12 +5,15 @@
 
 import fcntl
 import json
+import shutil
 import subprocess
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from flows.cycle import SCHEDULE_SLUG
+from tests.conftest import REPO
 from tests.flows.test_pipeline import run
 
 OPS_PARAMS = {"forget": {"kind": "ledger"}, "backdoor": {"enabled": False},
@@ -125,3 +128,27 @@ def test_redeploying_the_schedule_keeps_one_schedule(workspace):
                             "unlearning-cycle/scheduled-unlearning"], cwd=ws, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert shown.count("'cron'") == 1 and "30 4 * * 1" in shown, shown
+
+
+def test_prefect_yaml_schedule_is_params_schedule():
+    deployment = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert deployment["entrypoint"] == "flows/cycle.py:unlearning_cycle"
+    assert [s["cron"] for s in deployment["schedules"]] == [params["schedule"]["cron"]]
+    assert deployment["schedules"][0]["slug"] == SCHEDULE_SLUG
+
+
+def test_a_worker_runs_the_deployed_cycle(workspace):
+    ws, env = workspace
+    shutil.copy(REPO / "prefect.yaml", ws / "prefect.yaml")
+    run(["prefect", "work-pool", "create", "unlearning", "--type", "process"], ws, env)
+    for _ in range(2):  # a redeploy keeps one schedule
+        run(["prefect", "--no-prompt", "deploy", "--all"], ws, env)
+    shown = run(["prefect", "deployment", "inspect", "unlearning-cycle/scheduled-unlearning"],
+                ws, env)
+    assert shown.count("'cron'") == 1, shown
+    run(["prefect", "deployment", "run", "unlearning-cycle/scheduled-unlearning"], ws, env)
+    out = run(["prefect", "worker", "start", "--pool", "unlearning", "--run-once"], ws, env,
+              timeout=600)
+    assert "no pending deletion requests: nothing to do" in out, out[-3000:]
+    assert "Completed" in out
