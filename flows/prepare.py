@@ -1,7 +1,8 @@
 """Stage `prepare`: validate params, load the dataset, write the split manifests (DVC outs).
 
 Manifests list every sample of forget / retain / held-out / test as `<dataset>:<split>:<index>`
-with its image's sha256; the forget manifest flags the samples that carry the backdoor.
+with its image's sha256; the forget manifest flags the samples that carry the backdoor and
+names the deletion request (ledger/requests.jsonl) each requested sample was forgotten for.
 """
 
 from __future__ import annotations
