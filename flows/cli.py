@@ -11,7 +11,8 @@
 
 The registered model is `mlflow.model_name` from params.yaml; MLflow is MLFLOW_TRACKING_URI
 or the project's mlflow.db. MLflow keeps no alias history, so every promotion is appended
-to the registered model as a tag `promotion.NNNN` (who, when, from -> to, audit summary).
+to the registered model as a tag `promotion.NNNN.<8 hex>` (who, when, why, from -> to, audit
+summary).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import getpass
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -169,9 +171,11 @@ def promote(
         typer.confirm(f"Promote {name} v{version} to '{CHAMPION}' (was v{before})?", abort=True)
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "by": by or getpass.getuser(), "from": before, "to": version, "forced": force,
-             "reason": reason, "audit": {"passed": audit.get("passed"),
-                                         "failed": audit.get("failed", [])}}
-    log_key = f"{PROMOTION_PREFIX}{len(promotions(name)) + 1:04d}"
+             "reason": reason or "audit passed", "audit": {"passed": audit.get("passed"),
+                                                          "failed": audit.get("failed", [])}}
+    # a random suffix keeps two promotions racing each other from writing the same key
+    # (MLflow has no compare-and-set): the log stays append-only, ordered by its number
+    log_key = f"{PROMOTION_PREFIX}{len(promotions(name)) + 1:04d}.{uuid.uuid4().hex[:8]}"
     client().set_registered_model_tag(name, log_key, json.dumps(entry))
     client().set_registered_model_alias(name, CHAMPION, str(version))
     console.print(f"{name} v{version} is now '{CHAMPION}'" + (" (FORCED)" if force else ""))

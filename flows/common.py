@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from prefect import flow
 from prefect.states import Failed
 
@@ -38,6 +40,7 @@ MODEL_DIR = Path("models")
 REPORT_DIR = Path("reports")
 
 REFUSED = "Refused"  # the name of a flow state that failed on a user mistake
+UNAVAILABLE = "Unavailable"  # ... on a service that stayed unreachable after its retries
 # Mistakes a user can make (bad params, data, requests): one clear line, exit 2, no traceback.
 USER_ERRORS = (ParamsError, DataError, SplitError, IntegrityError, DivergenceError,
                LedgerError)
@@ -177,6 +180,15 @@ def stage_flow(name: str) -> Callable[[Callable[..., Any]], Any]:
                 return fn(*args, **kwargs)
             except (*USER_ERRORS, StageError) as exc:
                 return Failed(message=str(exc), name=REFUSED)
+            except MlflowException as exc:
+                # the client has already retried (MLFLOW_HTTP_REQUEST_MAX_RETRIES); a server
+                # that is down is an operator's matter: say which, without a traceback
+                if "API request to" not in str(exc):
+                    raise
+                where = os.environ.get("MLFLOW_TRACKING_URI", "the tracking URI")
+                first = str(exc).splitlines()[0][:300]
+                return Failed(message=f"MLflow unreachable at {where} after retries ({first})",
+                              name=UNAVAILABLE)
 
         return flow(name=name, validate_parameters=False)(body)
 

@@ -146,9 +146,14 @@ def undo_registration(params: Params, version: int | None, before: int | None) -
     if version is None:
         return
     name = params.mlflow.model_name
-    client().delete_model_version(name, str(version))
-    if before is not None:
-        client().set_registered_model_alias(name, CANDIDATE, str(before))
+    try:
+        client().delete_model_version(name, str(version))
+        if before is not None:
+            client().set_registered_model_alias(name, CANDIDATE, str(before))
+    except Exception as exc:  # the registry itself may be what failed
+        print(f"[cycle] could NOT undo the registration of {name} v{version} ({exc}); delete "
+              f"it by hand and point '{CANDIDATE}' back to {before}")
+        return
     print(f"[cycle] undone: version {version} deleted, '{CANDIDATE}' back on {before}")
 
 
