@@ -12,7 +12,7 @@ PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean \
-	services-up services-down check-infra test-ops
+	services-up services-down check-infra test-ops test-faults
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,10 @@ test: setup data
 # three deletion-request cycles in a row (clone, dvc pull/repro/push, commit, register, promote)
 test-ops: setup data
 	$(PYTEST) -m ops || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
+
+# faults injected for real (killed workers and processes, servers down, races), < 30 min
+test-faults: setup data
+	$(PYTEST) -m faults || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 
 test-slow: setup data
 	command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \
