@@ -63,6 +63,12 @@ EOF
   mv "$tmp" "$STACK_ENV_FILE"
 }
 write_env
+if [ "${STACK_ENV_ONLY:-}" = 1 ]; then
+  # for infra/compose.yaml on a Docker machine: the same credentials, no local servers
+  log "wrote $STACK_ENV_FILE (STACK_ENV_ONLY=1: nothing started)"
+  exit 0
+fi
+START=$SECONDS
 
 # ---------------------------------------------------------------------------- helpers
 port_busy() { (exec 3<>"/dev/tcp/$STACK_HOST/$1") 2>/dev/null; }
@@ -95,7 +101,7 @@ wait_http() {
     fi
     sleep 1
   done
-  log "$name healthy ($url)"
+  log "$name healthy ($url), $((SECONDS - START)) s after start-up began"
 }
 
 # A venv per server, from the pinned requirements-<name>.txt; reinstalled only when the pins
