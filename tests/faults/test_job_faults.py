@@ -39,8 +39,8 @@ def train_worker_pids():
 
 def test_killed_worker_resumes_from_its_checkpoint(workspace):
     ws, env = workspace
-    # 4,000 retention steps (~15 s of compute here), a checkpoint every 400: a window to kill in
-    set_params(ws, {"unlearn.finetune.steps": 4000, "ray.checkpoint_every": 400,
+    # 600 retention steps (10-30 s of compute here), a checkpoint every 100: a window to kill in
+    set_params(ws, {"unlearn.finetune.steps": 600, "ray.checkpoint_every": 100,
                     "ray.max_failures": 1})
     run(["dvc", "repro", "decouple"], ws, env)
     run(["python", "-m", "flows.finetune"], ws, env)
@@ -53,18 +53,19 @@ def test_killed_worker_resumes_from_its_checkpoint(workspace):
     killed, deadline = set(), time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         new_runs = set(results.glob("finetune-*")) - before
-        if any(run_dir.rglob("checkpoint_*") for run_dir in new_runs):
+        if any(next(run_dir.glob("checkpoint_*"), None) for run_dir in new_runs):
             killed = train_worker_pids()
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
-            break
+            if killed:
+                break
         time.sleep(0.2)
     out, _ = proc.communicate(timeout=600)
     assert killed, f"no checkpoint appeared before the job ended:\n{out[-3000:]}"
     assert proc.returncode == 0, out[-4000:]
     assert not killed & train_worker_pids()  # the killed workers are gone for good
     resumed = torch.load(ws / "models/unlearned.pt", weights_only=True)
-    assert resumed["info"]["steps"] == undisturbed["info"]["steps"] == 4000
+    assert resumed["info"]["steps"] == undisturbed["info"]["steps"] == 600
     # the restarted worker reloaded weights, optimizer and step from the checkpoint and
     # replayed the same seeded batches: the result matches the undisturbed run
     for name, weight in undisturbed["state_dict"].items():
