@@ -172,6 +172,28 @@ def test_buckets_exist(stack):
     assert {"dvc-remote", "mlflow-artifacts", "ray-results"} <= names
 
 
+def test_ray_storage_path_operations(stack):
+    """What Ray Train does to its storage_path (through pyarrow's S3 filesystem): directory
+    markers, checkpoint files, and deleting old checkpoints (DeleteObjects)."""
+    from urllib.parse import urlsplit
+
+    import pyarrow.fs as pafs
+
+    endpoint = urlsplit(stack.vars["AWS_ENDPOINT_URL"])
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint.netloc, scheme=endpoint.scheme,
+        access_key=stack.vars["AWS_ACCESS_KEY_ID"], secret_key=stack.vars["AWS_SECRET_ACCESS_KEY"],
+        region=stack.vars["AWS_DEFAULT_REGION"])
+    for i in range(2):
+        fs.create_dir(f"ray-results/exp/checkpoint_{i}")
+        with fs.open_output_stream(f"ray-results/exp/checkpoint_{i}/state.pt") as out:
+            out.write(b"weights %d" % i)
+    fs.delete_dir("ray-results/exp/checkpoint_0")
+    left = [f.path for f in fs.get_file_info(pafs.FileSelector("ray-results/exp", recursive=True))
+            if f.type == pafs.FileType.File]
+    assert left == ["ray-results/exp/checkpoint_1/state.pt"]
+
+
 MLFLOW_SCRIPT = """
 import json, sys, tempfile, pathlib, mlflow
 mlflow.set_experiment("stack-test")
