@@ -106,10 +106,11 @@ wait_http() {
 
 # A venv per server, from the pinned requirements-<name>.txt; reinstalled only when the pins or
 # the install options change (a stamp holds their hash). uv with a warm cache takes seconds.
-# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on CI) a venv without .pyc files
-# compiles MLflow's and moto's modules on every server start (MLflow imports itself twice:
-# the CLI, then its uvicorn worker), which tripled their start-up time on 2 cores.
-UV_INSTALL_OPTS=(--compile-bytecode)
+# No --compile-bytecode: it compiles every module of the MLflow venv (pandas, scipy, pyarrow...)
+# and made the first install ~60 s on 2 cores. The servers are started with bytecode writing
+# on instead (env -u PYTHONDONTWRITEBYTECODE, which CI sets), so the first start compiles only
+# the modules a server imports and later starts reuse them.
+UV_INSTALL_OPTS=()
 ensure_venv() {
   local name=$1 venv=$STACK_VENV_DIR/$1 req=$HERE/requirements-$1.txt want links
   want=$( { cat "$req"; echo "${UV_INSTALL_OPTS[*]}"; } | sha256sum | cut -d' ' -f1)
@@ -119,7 +120,7 @@ ensure_venv() {
   links=${PIP_FIND_LINKS:-$("$MAIN_BIN/python" -m pip config get global.find-links 2>/dev/null || true)}
   "$MAIN_BIN/uv" venv --quiet --allow-existing --python "$MAIN_BIN/python" "$venv"
   "$MAIN_BIN/uv" pip install --quiet --python "$venv/bin/python" ${links:+--find-links "$links"} \
-    "${UV_INSTALL_OPTS[@]}" -r "$req" || die "installing $req into $venv failed"
+    ${UV_INSTALL_OPTS[@]+"${UV_INSTALL_OPTS[@]}"} -r "$req" || die "installing $req into $venv failed"
   echo "$want" > "$venv/.stack-pins"
 }
 
@@ -188,13 +189,14 @@ ensure_venv moto
 ensure_venv mlflow
 
 S3_ENV=(AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" AWS_DEFAULT_REGION="$REGION")
-start_bg s3 "$STACK_S3_PORT" "$STACK_VENV_DIR/moto/bin/moto_server" -H "$STACK_HOST" -p "$STACK_S3_PORT"
+start_bg s3 "$STACK_S3_PORT" env -u PYTHONDONTWRITEBYTECODE \
+  "$STACK_VENV_DIR/moto/bin/moto_server" -H "$STACK_HOST" -p "$STACK_S3_PORT"
 
 # MLflow reads the backend URI (with its password) from MLFLOW_BACKEND_STORE_URI; the S3 keys
 # only the server needs: clients upload through its mlflow-artifacts proxy.
 # Its job runner (GenAI jobs, 7 huey worker processes) is off unless STACK_MLFLOW_JOBS=true:
 # the project has no such jobs, and on 2 cores it doubled the server's start-up time.
-start_bg mlflow "$STACK_MLFLOW_PORT" env "${S3_ENV[@]}" MLFLOW_S3_ENDPOINT_URL="$S3_URL" \
+start_bg mlflow "$STACK_MLFLOW_PORT" env -u PYTHONDONTWRITEBYTECODE "${S3_ENV[@]}" MLFLOW_S3_ENDPOINT_URL="$S3_URL" \
   MLFLOW_BACKEND_STORE_URI="$MLFLOW_DB_URI" \
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${STACK_MLFLOW_JOBS:-false}" \
   "$STACK_VENV_DIR/mlflow/bin/mlflow" server --host "$STACK_HOST" --port "$STACK_MLFLOW_PORT" \
