@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts
 # Shared by up.sh, down.sh and dvc-remote.sh (sourced, not run): where the local stack keeps
 # its state and which ports it listens on. Every value can be overridden from the environment,
 # so a test can run a second, isolated stack beside a developer's (other state dir, other ports).
@@ -50,7 +51,7 @@ as_pg() {
 
 pg_bin() {
   local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
     [ -x "$d/initdb" ] && { echo "$d"; return 0; }
   done
   command -v initdb >/dev/null && { dirname "$(readlink -f "$(command -v initdb)")"; return 0; }

@@ -81,7 +81,7 @@ start_bg() {
     log "$name already running (pid $pid)"; return 0
   fi
   port_busy "$port" && die "$name: port $port on $STACK_HOST is taken by another program" \
-    "(set STACK_$(tr a-z A-Z <<<"${name/s3/S3}")_PORT to a free one)"
+    "(set STACK_$(tr '[:lower:]' '[:upper:]' <<<"${name/s3/S3}")_PORT to a free one)"
   log "starting $name on port $port (log: $LOG_DIR/$name.log)"
   setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$PID_DIR/$name.pid"
