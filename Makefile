@@ -12,7 +12,7 @@ PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean \
-	services-up services-down check-infra test-ops test-faults
+	services-up services-down check-infra test-ops test-faults test-cluster
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ test-ops: setup data
 # faults injected for real (killed workers and processes, servers down, races), < 30 min
 test-faults: setup data
 	$(PYTEST) -m faults || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
+
+# two raylets on 127.0.0.1, S3 checkpoints, one node killed mid-retention (stops every local Ray)
+test-cluster: setup data
+	$(PYTEST) -m cluster || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 
 test-slow: setup data
 	command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium || \

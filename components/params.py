@@ -223,6 +223,7 @@ class RayParams(Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: Literal["auto", True, False] = "auto"
     cpus_per_worker: float | None = Field(None, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     storage_path: str = ".ray_results"
     max_failures: int = Field(1, ge=0)
     checkpoint_every: int = Field(50, ge=1)

@@ -54,7 +54,8 @@ def _scaling(params: Params) -> ScalingConfig:
         cpus = max(1.0, ray.cluster_resources().get("CPU", 1) // params.ray.num_workers)
     gpu = _use_gpu(params)
     return ScalingConfig(num_workers=params.ray.num_workers, use_gpu=gpu,
-                         resources_per_worker={"CPU": cpus, **({"GPU": 1} if gpu else {})})
+                         resources_per_worker={"CPU": cpus, **({"GPU": 1} if gpu else {})},
+                         placement_strategy=params.ray.placement_strategy)
 
 
 def _root_cause(exc: BaseException) -> BaseException:

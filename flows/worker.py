@@ -45,6 +45,9 @@ def train_loop(config: dict[str, Any]) -> None:
     started = time.time()
     ctx_ray = ray.train.get_context()
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
+    # where each rank landed (a multi-node cluster's placement is checked from these lines)
+    print(f"[worker] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}",
+          flush=True)
     payload = ray.get(config["payload"])
     params = parse_params(payload["params"])
     timing = {"worker_start": started, "payload_seconds": time.time() - started,

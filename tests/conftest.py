@@ -123,12 +123,18 @@ def deep_update(base: dict, new: dict) -> dict:
     return base
 
 
-@pytest.fixture
-def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]:
-    """A fresh git + DVC copy of the project with tiny digits params, and the env to run it."""
+def make_workspace(root: Path, env_extra: dict[str, str],
+                   params_update: dict | None = None) -> tuple[Path, dict[str, str]]:
+    """A fresh git + DVC copy of the project with tiny digits params, and the env to run it.
+
+    Args:
+        root: the folder to create the copy in (as root/repo).
+        env_extra: what points the stages at services (RAY_ADDRESS, PREFECT_API_URL, ...).
+        params_update: a partial params tree merged over the tiny params.
+    """
     import yaml
 
-    ws = tmp_path / "repo"
+    ws = root / "repo"
     ws.mkdir()
     for item in ("components", "flows", "ledger", "dvc.yaml", ".dvc/config", ".dvcignore",
                  ".gitignore"):
@@ -139,11 +145,18 @@ def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]
             (ws / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, ws / item)
     params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    params = deep_update(params, params_update or {})
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, **QUIET_ENV, "RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api,
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {**os.environ, **QUIET_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own mlflow.db unless env_extra says
+    env.update(env_extra)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=ws, check=True, env=env)
     return ws, env
+
+
+@pytest.fixture
+def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]:
+    """A fresh git + DVC copy of the project with tiny digits params, and the env to run it."""
+    return make_workspace(tmp_path, {"RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api})
