@@ -61,12 +61,61 @@ class AEParams(Strict):
     latent_dim: int = Field(64, ge=1)
 
 
+class TransformerParams(Strict):
+    """Transformer sizes shared by mae and vqtoken: the heads must divide both widths."""
+
+    dim: int = Field(64, ge=4)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    decoder_dim: int = Field(32, ge=4)
+    decoder_depth: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerParams:
+        if self.dim % self.heads or self.decoder_dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim}) and "
+                             f"decoder_dim ({self.decoder_dim})")
+        return self
+
+
+class MAEParams(TransformerParams):
+    patch_size: int = Field(4, ge=1)
+    mask_ratio: float = Field(0.5, gt=0, lt=1)
+
+
+class VQTokenParams(TransformerParams):
+    patch_size: int = Field(4, ge=1)
+    codebook_size: int = Field(64, ge=2)
+    code_dim: int = Field(16, ge=1)
+    width: int = Field(32, ge=1)
+    commitment: float = Field(0.25, ge=0)
+    mask_ratio: float = Field(0.5, gt=0, lt=1)
+
+
+class DiffusionParams(Strict):
+    widths: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2)
+    time_dim: int = Field(64, ge=2)
+    timesteps: int = Field(100, ge=2)
+    sample_steps: int = Field(10, ge=1)
+    eval_draws: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _fewer_sampler_steps(self) -> DiffusionParams:
+        if self.sample_steps > self.timesteps:
+            raise ValueError(f"sample_steps ({self.sample_steps}) cannot exceed timesteps "
+                             f"({self.timesteps})")
+        return self
+
+
 class ModelParams(Strict):
-    family: Literal["ae"] = "ae"
+    family: Literal["ae", "mae", "vqtoken", "diffusion"] = "ae"
     task: Literal["reconstruction", "inpaint", "outpaint"] = "reconstruction"
     inpaint_box: float = Field(0.5, gt=0, lt=1)
     outpaint_border: float = Field(0.25, gt=0, lt=0.5)
     ae: AEParams = Field(default_factory=AEParams)
+    mae: MAEParams = Field(default_factory=MAEParams)
+    vqtoken: VQTokenParams = Field(default_factory=VQTokenParams)
+    diffusion: DiffusionParams = Field(default_factory=DiffusionParams)
 
 
 class TrainParams(Strict):
