@@ -8,6 +8,7 @@ hands in a JobContext: the device, this worker's rank, a state to resume from, a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from components.models import unwrap
+from components.models import generate, loss_per_sample, train_loss_per_sample, unwrap
+from components.models.base import sample_losses as sample_losses  # re-exported: the I2I loss
 from components.params import TrainParams
 
 PROGRESS_LINES = 10  # a long training prints about this many epoch lines
@@ -90,27 +92,73 @@ def endless_batches(
         epoch += 1
 
 
-def sample_losses(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error over all pixels: the I2I loss used everywhere."""
-    return (outputs - targets).pow(2).flatten(1).mean(1)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device,
             batch_size: int = 512) -> torch.Tensor:
-    """Model outputs for `inputs`, computed in eval mode, returned on the CPU."""
+    """The model family's generated images for `inputs`, in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
-    outs = [model(inputs[i : i + batch_size].to(device)).float().cpu()
+    outs = [generate(model, inputs[i : i + batch_size].to(device)).float().cpu()
             for i in range(0, len(inputs), batch_size)]
     model.train(was_training)
     return torch.cat(outs) if outs else inputs.new_zeros((0, *inputs.shape[1:]))
 
 
+@torch.no_grad()
 def per_sample_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                     device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """The I2I loss of every sample (CPU tensor of shape (N,))."""
-    return sample_losses(predict(model, inputs, device, batch_size), targets)
+    """The model family's loss of every pair, in eval mode (CPU tensor of shape (N,))."""
+    was_training = model.training
+    model.eval()
+    losses = [loss_per_sample(model, inputs[i : i + batch_size].to(device),
+                              targets[i : i + batch_size].to(device)).float().cpu()
+              for i in range(0, len(inputs), batch_size)]
+    model.train(was_training)
+    return torch.cat(losses) if losses else torch.zeros(0)
+
+
+class Precision:
+    """Mixed precision on CUDA only: autocast in bfloat16 where the GPU supports it, else in
+    float16 with a gradient scaler (float16's range underflows small gradients). On the CPU
+    both are no-ops and a step is zero_grad, backward, clip, step as before.
+
+    Args:
+        device: the job's device.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() \
+            else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and
+                                           self.dtype == torch.float16)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the forward pass and loss run in."""
+        return torch.autocast("cuda", dtype=self.dtype) if self.cuda else contextlib.nullcontext()
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             clip: tuple[list[nn.Parameter], float] | None = None,
+             before_step: Callable[[], None] | None = None) -> None:
+        """Backward and one optimizer step (gradients unscaled before `before_step` and the
+        clip, so both see true gradients).
+
+        Args:
+            loss: the scalar to minimise.
+            optimizer: the step's optimizer.
+            clip: (parameters, max norm) to clip the gradient to, if any.
+            before_step: called after backward, before the step (e.g. to mask gradients).
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(optimizer)
+        if before_step:
+            before_step()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(*clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 def global_mean(value: torch.Tensor) -> float:
@@ -154,6 +202,7 @@ def train_model(
         {"epochs", "final_loss", "train_seconds"}.
     """
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    precision = Precision(ctx.device)
     start_epoch, seconds = 0, 0.0
     if ctx.resume:
         unwrap(model).load_state_dict(ctx.resume["model"])
@@ -168,10 +217,9 @@ def train_model(
         total, count = torch.zeros((), device=ctx.device), 0
         for idx in shard_batches(len(inputs), cfg.batch_size, gen, ctx.rank, ctx.world_size):
             x, y = inputs[idx].to(ctx.device), targets[idx].to(ctx.device)
-            loss = sample_losses(model(x), y).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with precision.autocast():
+                loss = train_loss_per_sample(model, x, y).mean()
+            precision.step(loss, opt)
             total += loss.detach() * len(idx)
             count += len(idx)
         check_finite(total, label, epoch, "lower train.lr")

@@ -1,4 +1,6 @@
-"""Model registry: `model.family` -> a builder. Each model exposes `.encoder` and `.decoder`."""
+"""Model registry: `model.family` -> a builder. Every model is an I2IModel (components/
+models/base.py): `.encoder` and `.decoder` are the parameter groups methods act on, and the
+family computes its own objective and images."""
 
 from __future__ import annotations
 
@@ -8,14 +10,48 @@ from typing import Any
 from torch import nn
 
 from components.models.ae import ConvAutoencoder
+from components.models.base import (
+    distill_per_sample,
+    embed,
+    generate,
+    loss_per_sample,
+    train_loss_per_sample,
+    unwrap,
+)
+from components.models.diffusion import ConditionalDiffusion
+from components.models.mae import MaskedAutoencoder
+from components.models.vqtoken import MaskedTokenModel
 from components.params import ModelParams
+from components.tasks import TaskSpec, task_mask
+
+
+def visible_mask(cfg: ModelParams, image_size: int):
+    """The task's (H, W) mask, 1 where the model sees the input."""
+    spec = TaskSpec(task=cfg.task, inpaint_box=cfg.inpaint_box,
+                    outpaint_border=cfg.outpaint_border)
+    return task_mask(cfg.task, image_size, image_size, spec)
 
 
 def build_ae(cfg: ModelParams, channels: int, image_size: int) -> nn.Module:
     return ConvAutoencoder(channels, image_size, cfg.ae.widths, cfg.ae.latent_dim)
 
 
-MODELS: dict[str, Callable[[ModelParams, int, int], nn.Module]] = {"ae": build_ae}
+def build_mae(cfg: ModelParams, channels: int, image_size: int) -> nn.Module:
+    return MaskedAutoencoder(channels, image_size, cfg.mae, visible_mask(cfg, image_size))
+
+
+def build_vqtoken(cfg: ModelParams, channels: int, image_size: int) -> nn.Module:
+    return MaskedTokenModel(channels, image_size, cfg.vqtoken, visible_mask(cfg, image_size))
+
+
+def build_diffusion(cfg: ModelParams, channels: int, image_size: int) -> nn.Module:
+    return ConditionalDiffusion(channels, image_size, cfg.diffusion,
+                                visible_mask(cfg, image_size))
+
+
+MODELS: dict[str, Callable[[ModelParams, int, int], nn.Module]] = {
+    "ae": build_ae, "mae": build_mae, "vqtoken": build_vqtoken, "diffusion": build_diffusion,
+}
 
 
 def build_model(cfg: ModelParams, channels: int, image_size: int) -> nn.Module:
@@ -35,18 +71,17 @@ def build_model(cfg: ModelParams, channels: int, image_size: int) -> nn.Module:
 
 
 def parameter_group(model: nn.Module, group: str) -> list[nn.Parameter]:
-    """The parameters of 'encoder', 'decoder' or 'all' of a (possibly DDP-wrapped) model."""
+    """The parameters of 'encoder', 'decoder' or 'all' of a (possibly DDP-wrapped) model.
+
+    'all' is what unlearning may move: encoder and decoder, i.e. every parameter except the
+    vqtoken tokenizer's (which no unlearning objective reaches; see models/vqtoken.py).
+    """
     core = unwrap(model)
     if group == "all":
-        return list(core.parameters())
+        return [*core.encoder.parameters(), *core.decoder.parameters()]
     if group in ("encoder", "decoder"):
         return list(getattr(core, group).parameters())
     raise ValueError(f"unknown parameter group {group!r} (encoder, decoder or all)")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def cpu_state(model: nn.Module) -> dict[str, Any]:
@@ -61,3 +96,9 @@ def model_from_file(blob: dict[str, Any]) -> nn.Module:
     model = build_model(ModelParams.model_validate(blob["model"]), c, side)
     model.load_state_dict(blob["state_dict"])
     return model.eval()
+
+
+__all__ = [
+    "MODELS", "build_model", "cpu_state", "distill_per_sample", "embed", "generate",
+    "loss_per_sample", "model_from_file", "parameter_group", "train_loss_per_sample", "unwrap",
+]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from components.models.base import I2IModel, sample_losses
 
-class ConvAutoencoder(nn.Module):
+
+class ConvAutoencoder(I2IModel):
     """f = decoder(encoder(x)); the two halves are the parameter groups methods act on.
 
     Args:
@@ -20,6 +22,8 @@ class ConvAutoencoder(nn.Module):
         widths: channels of the two conv stages.
         latent_dim: size of the bottleneck vector.
     """
+
+    family = "ae"
 
     def __init__(self, channels: int, image_size: int, widths: list[int], latent_dim: int):
         super().__init__()
@@ -38,5 +42,19 @@ class ConvAutoencoder(nn.Module):
             nn.ConvTranspose2d(w0, channels, 4, 2, 1), nn.Sigmoid(),
         )  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+    def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return self.decoder(self.encoder(inputs))
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
+             gen: torch.Generator | None) -> torch.Tensor:
+        return sample_losses(self.generate(inputs, gen), targets)
+
+    def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
+                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.generate(inputs, gen)
+        with torch.no_grad():
+            reference = teacher.generate(inputs, gen)
+        return sample_losses(out, targets), sample_losses(out, reference)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(inputs)
