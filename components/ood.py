@@ -16,6 +16,11 @@ Two readings of "out-of-distribution for this model" (DESIGN.md §2.1, §2.1a):
   per-pair L that makes the estimate exact. Nothing about the forget set, a retrained
   model or a backdoor enters the fit.
 
+  RMS(f0(u_h) - y_i) is the square root of the loss of the pair (u_h, y_i), so the rule is
+  written with the model family's loss (components.models.loss_per_sample): the output MSE
+  for ae and mae, token cross-entropy for vqtoken, noise-prediction MSE for diffusion, and λ
+  is then in the unit the ascent and the retention compare it with.
+
 Why it matters (measured on Fashion-MNIST, forget class 7 with a backdoor in 10 % of it):
 the single held-out quantile λ = 0.020 sits far below what a never-seen *poisoned* pair
 scores (0.40: the retrained model reconstructs the garment, not the pattern) and above
@@ -28,12 +33,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.training import predict, sample_losses
+from components.training import per_sample_loss
 
 
-def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample root-mean-square difference (the square root of the I2I loss)."""
-    return sample_losses(a, b).sqrt()
+def root_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+              device: torch.device) -> torch.Tensor:
+    """Per-pair square root of the model family's loss (for pixel losses: the RMS error)."""
+    return per_sample_loss(model, inputs, targets, device).sqrt()
 
 
 def nearest(queries: torch.Tensor, pool: torch.Tensor, exclude_self: bool = False,
@@ -65,8 +71,7 @@ def nearest(queries: torch.Tensor, pool: torch.Tensor, exclude_self: bool = Fals
 def heldout_quantile(original: nn.Module, heldout: tuple[torch.Tensor, torch.Tensor],
                      quantile: float, device: torch.device) -> float:
     """The literal λ: the q-quantile of the original's per-sample held-out loss."""
-    losses = sample_losses(predict(original, heldout[0], device), heldout[1])
-    return float(torch.quantile(losses, quantile))
+    return float(torch.quantile(per_sample_loss(original, *heldout, device), quantile))
 
 
 def never_seen_loss(original: nn.Module, forget: tuple[torch.Tensor, torch.Tensor],
@@ -91,13 +96,13 @@ def never_seen_loss(original: nn.Module, forget: tuple[torch.Tensor, torch.Tenso
     # evenly spaced, not the first ones: datasets stored class by class stay balanced
     pick = torch.linspace(0, len(heldout[0]) - 1, min(pool_size, len(heldout[0]))).long()
     h_in, h_target = heldout[0][pick], heldout[1][pick]
-    h_out = predict(original, h_in, device)
-    real = rms(h_out, h_target)
+    real = root_loss(original, h_in, h_target, device)
     nn_h, dist_h = nearest(h_in, h_in, exclude_self=True)
-    lipschitz = (rms(h_out[nn_h], h_target) - real) / dist_h.clamp_min(1e-6)
+    lipschitz = (root_loss(original, h_in[nn_h], h_target, device) - real) / \
+        dist_h.clamp_min(1e-6)
     fit = float(torch.quantile(lipschitz, quantile))
     nn_f, dist_f = nearest(forget[0], h_in)
-    bound = (rms(h_out[nn_f], forget[1]) - fit * dist_f).clamp_min(0)
+    bound = (root_loss(original, h_in[nn_f], forget[1], device) - fit * dist_f).clamp_min(0)
     return bound.pow(2), fit
 
 

@@ -4,13 +4,16 @@ the forget set decoupled.
 Loss per step, on a retain batch r and (when keep_decoupled = γ > 0) a forget batch f:
 
     mean_r l(f(x_r), y_r)                          retain quality
-  + distill · mean_r l(f(x_r), f0(x_r))            optional pull towards the original
+  + distill · mean_r d(f, f0; x_r)                 optional pull towards the original
   + γ · sum_f relu(λ_i - l(f(x_f), y_f)) / sum_f λ_i   forget pairs stay at their λ_i
 
 Why the last term (DESIGN.md §2.1a): retention on clean retain data alone restores what the
 ascent damaged, the backdoor included (ASR 0.98 after fine-tuning a model the ascent had
 cleared). The hinge only acts on pairs pushed back below their never-seen level, so it costs
 retain quality nothing where the forget set shares nothing with the retain set.
+
+l is the model family's objective and d its distance to the original (components.models:
+loss_per_sample, distill_per_sample); for the default autoencoder both are pixel MSEs.
 """
 
 from __future__ import annotations
@@ -20,15 +23,9 @@ import time
 import torch
 from torch import nn
 
-from components.models import unwrap
+from components.models import distill_per_sample, loss_per_sample, parameter_group, unwrap
 from components.params import FinetuneParams
-from components.training import (
-    JobContext,
-    check_finite,
-    endless_batches,
-    global_mean,
-    sample_losses,
-)
+from components.training import JobContext, Precision, check_finite, endless_batches, global_mean
 
 
 def undone_share(losses: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -70,7 +67,8 @@ def retain_knowledge(
     """
     inputs, targets = retain
     keep = cfg.keep_decoupled > 0 and forget is not None and thresholds is not None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(parameter_group(model, "all"), lr=cfg.lr)
+    precision = Precision(ctx.device)
     step, seconds = 0, 0.0
     if ctx.resume:
         unwrap(model).load_state_dict(ctx.resume["model"])
@@ -89,22 +87,21 @@ def retain_knowledge(
     while step < cfg.steps:
         idx = next(batches)
         x, y = inputs[idx].to(ctx.device), targets[idx].to(ctx.device)
-        out = model(x)
-        loss = sample_losses(out, y).mean()
-        if cfg.distill > 0:
-            with torch.no_grad():
-                teacher = original(x)
-            loss = loss + cfg.distill * sample_losses(out, teacher).mean()
-        if keep:
-            j = next(f_batches)
-            lam = thresholds[j].to(ctx.device)
-            f_loss = sample_losses(model(forget[0][j].to(ctx.device)), forget[1][j].to(ctx.device))
-            loss = loss + cfg.keep_decoupled * undone_share(f_loss, lam)
-            below = float((f_loss.detach() < lam).float().mean())
+        with precision.autocast():
+            if cfg.distill > 0:
+                l_r, to_original = distill_per_sample(model, original, x, y)
+                loss = l_r.mean() + cfg.distill * to_original.mean()
+            else:
+                loss = loss_per_sample(model, x, y).mean()
+            if keep:
+                j = next(f_batches)
+                lam = thresholds[j].to(ctx.device)
+                f_loss = loss_per_sample(model, forget[0][j].to(ctx.device),
+                                         forget[1][j].to(ctx.device))
+                loss = loss + cfg.keep_decoupled * undone_share(f_loss, lam)
+                below = float((f_loss.detach() < lam).float().mean())
         check_finite(loss, "knowledge retention", step, "lower unlearn.finetune.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        precision.step(loss, opt)
         step += 1
         if step % ctx.checkpoint_every == 0 or step == cfg.steps:
             seconds += time.perf_counter() - t0

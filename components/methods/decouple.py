@@ -26,16 +26,16 @@ import torch
 from torch import nn
 
 from components.methods.base import THRESHOLDS, Method, UnlearnData
-from components.models import parameter_group, unwrap
+from components.models import loss_per_sample, parameter_group, unwrap
 from components.ood import decoupling_thresholds
 from components.params import DecoupleParams, Params
 from components.privacy import ascent_sensitivity, gaussian_sigma
 from components.training import (
     JobContext,
+    Precision,
     check_finite,
     endless_batches,
     per_sample_loss,
-    sample_losses,
 )
 
 
@@ -73,6 +73,7 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
         step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
     group = parameter_group(model, cfg.params)
     opt = torch.optim.SGD(group, lr=cfg.lr)
+    precision = Precision(ctx.device)
     # the same probe subset on every worker, so that every worker takes the same stop decision
     probe = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     probe = probe[: cfg.probe_size]
@@ -91,13 +92,12 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
         if reached or step >= cfg.max_steps:
             break
         idx = next(batches)
-        per_sample = sample_losses(model(inputs[idx].to(ctx.device)), targets[idx].to(ctx.device))
+        with precision.autocast():
+            per_sample = loss_per_sample(model, inputs[idx].to(ctx.device),
+                                         targets[idx].to(ctx.device))
         if cfg.stop == "sample":  # samples already at their λ_i leave the ascent
             per_sample = per_sample * (per_sample.detach() < lam[idx].to(ctx.device))
-        opt.zero_grad(set_to_none=True)
-        (-per_sample.mean()).backward()
-        torch.nn.utils.clip_grad_norm_(group, cfg.clip_norm)
-        opt.step()
+        precision.step(-per_sample.mean(), opt, clip=(group, cfg.clip_norm))
         step += 1
         if step % ctx.checkpoint_every == 0:
             seconds += time.perf_counter() - t0

@@ -8,17 +8,18 @@ from torch import nn
 
 from components.methods.base import Method, UnlearnData
 from components.methods.loop import run_steps
+from components.models import loss_per_sample, parameter_group
 from components.params import Params
-from components.training import JobContext, sample_losses
+from components.training import JobContext
 
 
 def gradient_ascent(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
     """Clipped SGD ascent on the forget loss for unlearn.gradient_ascent.steps steps."""
     cfg = params.unlearn.gradient_ascent
-    group = list(model.parameters())
+    group = parameter_group(model, "all")
 
     def loss(m: nn.Module, retain: tuple, forget: tuple, step: int) -> torch.Tensor:
-        return -sample_losses(m(forget[0]), forget[1]).mean()
+        return -loss_per_sample(m, *forget).mean()
 
     return run_steps(model, data, ctx, label="gradient_ascent", steps=cfg.steps,
                      optimizer=torch.optim.SGD(group, lr=cfg.lr), loss_fn=loss, seed=params.seed,

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from components.methods.base import Method, UnlearnData
-from components.methods.loop import run_steps
-from components.models import parameter_group, unwrap
+from components.methods.loop import average_gradients, run_steps
+from components.models import embed, parameter_group
 from components.params import Params
 from components.tasks import TaskSpec, apply_task
 from components.training import JobContext, sample_losses
@@ -30,8 +30,6 @@ def noise_images(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 def li2024(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
     """Encoder-only unlearning towards the original's embedding of noise images."""
     cfg = params.unlearn.li2024
-    encoder = unwrap(model).encoder
-    teacher = unwrap(data.original).encoder
     spec = TaskSpec(task=params.model.task, inpaint_box=params.model.inpaint_box,
                     outpaint_border=params.model.outpaint_border)
     gen = torch.Generator().manual_seed(params.seed + 2)
@@ -39,15 +37,17 @@ def li2024(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext)
 
     def loss(m: nn.Module, retain: tuple, forget: tuple, step: int) -> torch.Tensor:
         with torch.no_grad():
-            target_r = teacher(retain[0])
-            target_f = teacher(apply_task(noise_images(forget[1], gen), spec))
-        l_r = sample_losses(encoder(retain[0]), target_r).mean()
-        l_f = sample_losses(encoder(forget[0]), target_f).mean()
+            target_r = embed(data.original, retain[0], "li2024")
+            target_f = embed(data.original, apply_task(noise_images(forget[1], gen), spec),
+                             "li2024")
+        l_r = sample_losses(embed(m, retain[0], "li2024"), target_r).mean()
+        l_f = sample_losses(embed(m, forget[0], "li2024"), target_f).mean()
         return cfg.alpha_r * l_r + cfg.alpha_f * l_f
 
     opt = torch.optim.AdamW(group, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     return run_steps(model, data, ctx, label="li2024", steps=cfg.steps, optimizer=opt,
-                     loss_fn=loss, seed=params.seed, clip=(group, cfg.clip_norm))
+                     loss_fn=loss, seed=params.seed, clip=(group, cfg.clip_norm),
+                     before_step=lambda: average_gradients(group))
 
 
 METHOD = Method(name="li2024", forget=li2024, retention=False,

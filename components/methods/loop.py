@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from components.methods.base import UnlearnData
 from components.models import unwrap
-from components.training import JobContext, check_finite, endless_batches, global_mean
+from components.training import JobContext, Precision, check_finite, endless_batches, global_mean
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch, Batch, int], torch.Tensor]
@@ -60,21 +61,17 @@ def run_steps(
     for _ in range(step):
         next(r_batches), next(f_batches)
     model.train()
+    precision = Precision(ctx.device)
     loss = torch.zeros(())
     t0 = time.perf_counter()
     while step < steps:
         i, j = next(r_batches), next(f_batches)
         rb = (data.retain[0][i].to(ctx.device), data.retain[1][i].to(ctx.device))
         fb = (data.forget[0][j].to(ctx.device), data.forget[1][j].to(ctx.device))
-        loss = loss_fn(model, rb, fb, step)
+        with precision.autocast():
+            loss = loss_fn(model, rb, fb, step)
         check_finite(loss, label, step, f"lower unlearn.{label}.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if before_step:
-            before_step()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(*clip)
-        optimizer.step()
+        precision.step(loss, optimizer, clip, before_step)
         step += 1
         if step % ctx.checkpoint_every == 0 or step == steps:
             seconds += time.perf_counter() - t0
@@ -85,3 +82,14 @@ def run_steps(
                      "step": step, "train_seconds": seconds}
             ctx.report({"step": step, "loss": mean, "train_seconds": seconds}, state)
     return {"steps": step, "final_loss": global_mean(loss.detach()), "train_seconds": seconds}
+
+
+def average_gradients(parameters: list[nn.Parameter]) -> None:
+    """Average gradients over the data-parallel workers (nothing when alone). For methods
+    whose loss bypasses the DDP wrapper (encoder embeddings), which DDP does not sync."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()

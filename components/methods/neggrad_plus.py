@@ -10,8 +10,9 @@ from torch import nn
 
 from components.methods.base import Method, UnlearnData
 from components.methods.loop import run_steps
+from components.models import loss_per_sample, parameter_group
 from components.params import Params
-from components.training import JobContext, sample_losses
+from components.training import JobContext
 
 
 def neggrad_plus(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
@@ -19,13 +20,13 @@ def neggrad_plus(model: nn.Module, data: UnlearnData, params: Params, ctx: JobCo
     cfg = params.unlearn.neggrad_plus
 
     def loss(m: nn.Module, retain: tuple, forget: tuple, step: int) -> torch.Tensor:
-        l_r = sample_losses(m(retain[0]), retain[1]).mean()
-        l_f = sample_losses(m(forget[0]), forget[1]).mean()
+        l_r = loss_per_sample(m, *retain).mean()
+        l_f = loss_per_sample(m, *forget).mean()
         return cfg.beta * l_r - (1 - cfg.beta) * l_f
 
     return run_steps(model, data, ctx, label="neggrad_plus", steps=cfg.steps,
-                     optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr), loss_fn=loss,
-                     seed=params.seed)
+                     optimizer=torch.optim.Adam(parameter_group(model, "all"), lr=cfg.lr),
+                     loss_fn=loss, seed=params.seed)
 
 
 METHOD = Method(name="neggrad_plus", forget=neggrad_plus, retention=False,

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from components.methods.base import Method, UnlearnData
-from components.methods.loop import run_steps
-from components.models import parameter_group, unwrap
+from components.methods.loop import average_gradients, run_steps
+from components.models import embed, parameter_group
 from components.params import Params
 from components.training import JobContext, sample_losses
 
@@ -17,27 +17,25 @@ from components.training import JobContext, sample_losses
 def random_encoder(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
     """Encoder-only unlearning towards random embeddings with the teacher's statistics."""
     cfg = params.unlearn.random_encoder
-    encoder = unwrap(model).encoder
-    teacher = unwrap(data.original).encoder
     with torch.no_grad():
         sample = data.retain[0][: cfg.stats_samples].to(ctx.device)
-        emb = teacher(sample)
+        emb = embed(data.original, sample, "random_encoder")
         mean, std = emb.mean(0), emb.std(0)
     gen = torch.Generator().manual_seed(params.seed + 3)
     group = parameter_group(model, "encoder")
 
     def loss(m: nn.Module, retain: tuple, forget: tuple, step: int) -> torch.Tensor:
         with torch.no_grad():
-            target_r = teacher(retain[0])
+            target_r = embed(data.original, retain[0], "random_encoder")
             noise = torch.randn((len(forget[0]), *mean.shape), generator=gen).to(mean)
             target_f = mean + std * noise
-        l_r = sample_losses(encoder(retain[0]), target_r).mean()
-        l_f = sample_losses(encoder(forget[0]), target_f).mean()
+        l_r = sample_losses(embed(m, retain[0], "random_encoder"), target_r).mean()
+        l_f = sample_losses(embed(m, forget[0], "random_encoder"), target_f).mean()
         return cfg.alpha_r * l_r + cfg.alpha_f * l_f
 
     return run_steps(model, data, ctx, label="random_encoder", steps=cfg.steps,
                      optimizer=torch.optim.Adam(group, lr=cfg.lr), loss_fn=loss,
-                     seed=params.seed)
+                     seed=params.seed, before_step=lambda: average_gradients(group))
 
 
 METHOD = Method(name="random_encoder", forget=random_encoder, retention=False,

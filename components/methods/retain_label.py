@@ -9,8 +9,9 @@ from torch import nn
 
 from components.methods.base import Method, UnlearnData
 from components.methods.loop import run_steps
+from components.models import loss_per_sample, parameter_group
 from components.params import Params
-from components.training import JobContext, sample_losses
+from components.training import JobContext
 
 
 def relabel_loss(data: UnlearnData, seed: int):
@@ -21,8 +22,7 @@ def relabel_loss(data: UnlearnData, seed: int):
     def loss(m: nn.Module, retain: tuple, forget: tuple, step: int) -> torch.Tensor:
         pick = torch.randint(len(targets), (len(forget[0]),), generator=gen)
         relabel = targets[pick].to(forget[0].device)
-        return sample_losses(m(retain[0]), retain[1]).mean() + \
-            sample_losses(m(forget[0]), relabel).mean()
+        return loss_per_sample(m, *retain).mean() + loss_per_sample(m, forget[0], relabel).mean()
 
     return loss
 
@@ -31,7 +31,7 @@ def retain_label(model: nn.Module, data: UnlearnData, params: Params, ctx: JobCo
     """Adam on retain loss + forget inputs against random retain targets."""
     cfg = params.unlearn.retain_label
     return run_steps(model, data, ctx, label="retain_label", steps=cfg.steps,
-                     optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                     optimizer=torch.optim.Adam(parameter_group(model, "all"), lr=cfg.lr),
                      loss_fn=relabel_loss(data, params.seed), seed=params.seed)
 
 

@@ -18,8 +18,11 @@ def retrain(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext
     torch.manual_seed(params.seed)
     if not ctx.resume:
         for module in unwrap(model).modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+            # attention layers name theirs _reset_parameters
+            reset = getattr(module, "reset_parameters", None) or \
+                getattr(module, "_reset_parameters", None)
+            if reset:
+                reset()
     epochs = params.unlearn.retrain.epochs or params.train.epochs
     return train_model(model, *data.retain, params.train.model_copy(update={"epochs": epochs}),
                        ctx, params.seed, label="retrain")

@@ -10,20 +10,21 @@ from torch import nn
 from components.methods.base import Method, UnlearnData
 from components.methods.loop import run_steps
 from components.methods.retain_label import relabel_loss
+from components.models import loss_per_sample, parameter_group
 from components.params import Params
-from components.training import JobContext, sample_losses
+from components.training import JobContext
 
 
 def saliency_mask(model: nn.Module, forget: tuple[torch.Tensor, torch.Tensor], sparsity: float,
                   device: torch.device, batch_size: int = 256) -> list[torch.Tensor]:
-    """Boolean masks (one per parameter): the `sparsity` share of weights with the largest
-    |gradient of the forget loss|, thresholded over the whole model."""
+    """Boolean masks (one per parameter of parameter_group(model, "all")): the `sparsity` share
+    of weights with the largest |gradient of the forget loss|, thresholded over them all."""
     model.zero_grad(set_to_none=True)
     for i in range(0, len(forget[0]), batch_size):
         x, y = forget[0][i : i + batch_size].to(device), forget[1][i : i + batch_size].to(device)
-        (sample_losses(model(x), y).sum() / len(forget[0])).backward()
+        (loss_per_sample(model, x, y).sum() / len(forget[0])).backward()
     grads = [p.grad.abs() if p.grad is not None else torch.zeros_like(p)
-             for p in model.parameters()]
+             for p in parameter_group(model, "all")]
     model.zero_grad(set_to_none=True)
     flat = torch.cat([g.flatten() for g in grads])
     k = max(1, int(round(sparsity * len(flat))))
@@ -35,7 +36,7 @@ def salun(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) 
     """Relabelling unlearning restricted to the saliency mask."""
     cfg = params.unlearn.salun
     masks = saliency_mask(model, data.forget, cfg.sparsity, ctx.device)
-    parameters = list(model.parameters())
+    parameters = parameter_group(model, "all")
 
     def mask_gradients() -> None:
         for p, m in zip(parameters, masks, strict=True):
