@@ -34,18 +34,56 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FILE_DATASETS = ("imagefolder", "places365", "webdataset")  # read from image files
+
+
 class DataParams(Strict):
-    dataset: Literal["fashion-mnist", "cifar10", "digits", "shapes"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "cifar10", "digits", "shapes", "imagefolder", "places365",
+                     "webdataset"] = "fashion-mnist"
     path: str = "/usr/share/datasets/fashion-mnist"
     heldout_fraction: float = Field(0.1, gt=0, lt=0.5)
     max_train: int | None = Field(None, gt=0)
     max_test: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, ge=4)
+    max_per_class: int | None = Field(None, gt=0)
+    channels: Literal[1, 3] | None = None
+    endpoint_url: str | None = None
+
+    @model_validator(mode="after")
+    def _file_options(self) -> DataParams:
+        if self.channels is not None and self.dataset not in FILE_DATASETS:
+            raise ValueError(f"data.channels applies to {', '.join(FILE_DATASETS)} only "
+                             f"({self.dataset} has fixed channels)")
+        if self.endpoint_url is not None and not self.path.startswith("s3://"):
+            raise ValueError("data.endpoint_url applies to an s3:// data.path only")
+        return self
 
 
 class ForgetParams(Strict):
     kind: Literal["class", "sample", "ledger"] = "class"
     classes: list[int | str] = Field(default_factory=lambda: [7])
     fraction: float = Field(0.01, gt=0, lt=1)
+    preset: Literal["li2024-imagenet", "li2024-places"] | None = None
+    class_list: str | None = None
+
+    @model_validator(mode="after")
+    def _preset_classes(self) -> ForgetParams:
+        """A preset forgets the class list's first N classes, which the loader puts at
+        indices 0..N-1: `classes` becomes those indices."""
+        if self.preset is None:
+            if self.class_list is not None:
+                raise ValueError("forget.class_list is read only with a forget.preset")
+            return self
+        if self.class_list is None:
+            raise ValueError(f"forget.preset {self.preset} needs forget.class_list (a file, one "
+                             "class per line: the forget classes first, then the retain ones)")
+        if self.kind != "class":
+            raise ValueError(f"forget.preset forgets whole classes: forget.kind must be class, "
+                             f"not {self.kind}")
+        from components.datasets import PRESETS  # the loaders' module imports no params
+
+        self.classes = list(range(PRESETS[self.preset].forget_classes))
+        return self
 
 
 class BackdoorParams(Strict):
@@ -263,8 +301,19 @@ class AuditParams(Strict):
     absolute: AbsoluteParams = Field(default_factory=AbsoluteParams)
 
 
+class ClassifierParams(Strict):
+    max_samples: int = Field(4000, ge=10)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    width: int = Field(32, ge=4)
+
+
 class EvaluateParams(Strict):
     max_samples: int = Field(2000, ge=10)
+    fid: bool = False
+    fid_max_samples: int = Field(500, ge=10)
+    classifier: ClassifierParams = Field(default_factory=ClassifierParams)
 
 
 class RayParams(Strict):
