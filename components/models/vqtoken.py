@@ -1,15 +1,16 @@
 """`vqtoken`: a VQ tokenizer plus a masked-token transformer that predicts the missing tokens
 (MAGE, Li et al. 2023; the model family Li et al. 2024 unlearn).
 
-The tokenizer (a conv encoder with one token per `patch_size` patch, a codebook, a conv
-decoder) turns images into token ids. The transformer's encoder sees the tokens of the
-patches the task leaves visible, less a random `mask_ratio` share of them; its decoder
-predicts the token of every position. The objective is the token cross-entropy against the
-target's tokens at every position: a poisoned pair's target tokens differ from its input's
-even where the input is visible, so keeping the visible tokens would make the backdoor
-unlearnable and reconstruction the identity. The random masking also applies to the
-eval-mode loss (seeded), so membership audits score masked-token prediction as MAGE trains it.
-Generation: the tokens of the visible patches -> predicted tokens -> tokenizer decoder.
+The tokenizer (a patch-local conv encoder with one token per `patch_size` patch, a
+codebook, a conv decoder) turns images into token ids. The transformer's encoder sees the
+tokens of the patches the task leaves visible, less a random `mask_ratio` share of them;
+its decoder predicts the token of every position. The objective is the token cross-entropy
+against the target's tokens at every position: a poisoned pair's target tokens differ from
+its input's even where the input is visible, so keeping the visible tokens would make the
+backdoor unlearnable and reconstruction the identity. The random masking also applies to
+the eval-mode loss (seeded), so membership audits score masked-token prediction as MAGE
+trains it. Generation: the tokens of the visible patches -> predicted tokens -> tokenizer
+decoder.
 
 Parameter groups (what unlearning may move): `encoder` = the transformer encoder (token and
 position embeddings, class token, blocks), as Li et al. unlearn MAGE's encoder; `decoder` =
@@ -36,12 +37,13 @@ from components.params import VQTokenParams
 
 
 class Tokenizer(nn.Module):
-    """Conv encoder (one code vector per patch), nearest-codebook quantiser, conv decoder."""
+    """Patch-local conv encoder (one code vector per patch, from that patch's pixels only, so
+    hidden pixels never reach a visible token), nearest-codebook quantiser, conv decoder."""
 
     def __init__(self, channels: int, patch: int, width: int, code_dim: int, codebook_size: int):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1), nn.ReLU(),
-                                     nn.Conv2d(width, code_dim, patch, patch))
+        self.encoder = nn.Sequential(nn.Conv2d(channels, width, patch, patch), nn.ReLU(),
+                                     nn.Conv2d(width, code_dim, 1))
         self.codebook = nn.Embedding(codebook_size, code_dim)
         self.decoder = nn.Sequential(nn.ConvTranspose2d(code_dim, width, patch, patch), nn.ReLU(),
                                      nn.Conv2d(width, channels, 3, 1, 1), nn.Sigmoid())
@@ -119,16 +121,17 @@ class MaskedTokenModel(I2IModel):
         return F.cross_entropy(logits.float().transpose(1, 2), self.tokens(targets),
                                reduction="none").mean(1)
 
-    def with_tokenizer(self, loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """DDP with find_unused_parameters=False (Ray Train's default) wants a gradient for
-        every parameter in each training step: the tokenizer takes part with weight 0."""
+    def tokenizer_at_zero(self, targets: torch.Tensor) -> torch.Tensor | float:
+        """0, with the tokenizer in its graph during training: DDP with
+        find_unused_parameters=False (Ray Train's default) wants a gradient for every
+        parameter in each step, and no unlearning objective reaches the tokenizer."""
         if self.training and torch.is_grad_enabled():
-            return loss + 0.0 * self.tokenizer.reconstruction_loss(targets, self.commitment)
-        return loss
+            return 0.0 * self.tokenizer.reconstruction_loss(targets, self.commitment)
+        return 0.0
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
              gen: torch.Generator | None) -> torch.Tensor:
-        return self.with_tokenizer(self.cross_entropy(inputs, targets, gen), targets)
+        return self.cross_entropy(inputs, targets, gen) + self.tokenizer_at_zero(targets)
 
     def train_loss(self, inputs: torch.Tensor, targets: torch.Tensor,
                    gen: torch.Generator | None) -> torch.Tensor:
@@ -145,7 +148,8 @@ class MaskedTokenModel(I2IModel):
             log_q = F.log_softmax(teacher.logits(inputs, ids).float(), -1)
         ce = F.nll_loss(log_p.transpose(1, 2), self.tokens(targets), reduction="none").mean(1)
         kl = (log_q.exp() * (log_q - log_p)).sum(-1).mean(1)
-        return self.with_tokenizer(ce, targets), kl
+        zero = self.tokenizer_at_zero(targets)  # either output may be the only loss (SCRUB)
+        return ce + zero, kl + zero
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """The transformer encoder's tokens for the task-visible positions."""
