@@ -11,8 +11,12 @@ import gzip
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from components.datasets import LoadOptions
 
 
 class DataError(ValueError):
@@ -173,28 +177,40 @@ def load_cifar10(path: str | Path, split: str) -> ImageSet:
                     np.concatenate([p[1] for p in parts]), list(CIFAR10_CLASSES))
 
 
-def load_dataset(name: str, path: str | Path, split: str) -> ImageSet:
+def load_dataset(name: str, path: str | Path, split: str,
+                 options: LoadOptions | None = None) -> ImageSet:
     """Load one split of a dataset by name.
 
     Args:
-        name: "fashion-mnist", "cifar10", "digits" or "shapes".
-        path: directory of the dataset files (ignored by bundled/generated sets).
+        name: "fashion-mnist", "cifar10", "digits", "shapes", or an image-file dataset
+            ("imagefolder", "places365", "webdataset": components/datasets.py).
+        path: directory of the dataset files, or s3://bucket/prefix for webdataset (ignored
+            by the bundled and generated sets).
         split: "train" or "test".
+        options: image size, per-class cap, channels, S3 endpoint, preset
+            (components.datasets.load_options(params); None: the files as they are).
 
     Returns:
         The ImageSet.
     """
+    from components import datasets  # it imports this module's ImageSet and DataError
+
+    options = options or datasets.LoadOptions()
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r} (train or test)")
+    if name in datasets.LOADERS:
+        return datasets.load_image_files(name, str(path), split, options)
     if name == "fashion-mnist":
-        return load_fashion_mnist(path, split)
-    if name == "cifar10":
-        return load_cifar10(path, split)
-    if name == "digits":
-        return load_digits(split)
-    if name == "shapes":
-        return make_shapes(split)
-    raise DataError(f"unknown dataset {name!r}")
+        images = load_fashion_mnist(path, split)
+    elif name == "cifar10":
+        images = load_cifar10(path, split)
+    elif name == "digits":
+        images = load_digits(split)
+    elif name == "shapes":
+        images = make_shapes(split)
+    else:
+        raise DataError(f"unknown dataset {name!r}")
+    return datasets.adjust(images, options)
 
 
 def resolve_classes(classes: list[int | str], class_names: list[str]) -> list[int]:
