@@ -11,8 +11,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +162,36 @@ def make_workspace(root: Path, env_extra: dict[str, str],
 def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]:
     """A fresh git + DVC copy of the project with tiny digits params, and the env to run it."""
     return make_workspace(tmp_path, {"RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api})
+
+
+@contextmanager
+def local_stack(env: dict[str, str], dvc_repo: Path | None = None):
+    """The local service stack (infra/local) in its own state dir and ports.
+
+    Yields:
+        (settings, up): the URLs and credentials it wrote, and a function that runs up.sh
+        again (restarting whatever died).
+    """
+    # PostgreSQL runs as its own OS user: the state dir must be traversable, which pytest's
+    # tmp_path (mode 700) is not
+    root = Path(tempfile.mkdtemp(prefix="i2i-stack-"))
+    root.chmod(0o755)
+    stack_env = {**env, "STACK_STATE_DIR": str(root / "state"),
+                 "STACK_ENV_FILE": str(root / ".env"), "STACK_DVC_REPO": str(dvc_repo or ""),
+                 **{f"STACK_{s}_PORT": str(free_port()) for s in ("PG", "MLFLOW", "S3",
+                                                                  "PREFECT")}}
+
+    def up() -> None:
+        proc = subprocess.run(["bash", str(REPO / "infra/local/up.sh")], env=stack_env,
+                              capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    try:
+        up()
+        settings = dict(line.split("=", 1) for line in (root / ".env").read_text().splitlines()
+                        if "=" in line and not line.startswith("#"))
+        yield settings, up, root / "state"
+    finally:
+        subprocess.run(["bash", str(REPO / "infra/local/down.sh")], env=stack_env,
+                       capture_output=True, timeout=300)
+        shutil.rmtree(root, ignore_errors=True)

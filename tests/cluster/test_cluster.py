@@ -17,7 +17,7 @@ import boto3
 import pytest
 import torch
 
-from tests.conftest import BIN, QUIET_ENV, REPO, free_port, make_workspace
+from tests.conftest import BIN, QUIET_ENV, REPO, free_port, local_stack, make_workspace
 from tests.flows.test_pipeline import run
 
 pytestmark = pytest.mark.cluster
@@ -41,27 +41,19 @@ def start_node(address, env):
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster():
     env = {**os.environ, **QUIET_ENV}
-    state = tmp_path / "stack"
-    stack_env = {**env, "STACK_STATE_DIR": str(state), "STACK_ENV_FILE": str(state / ".env"),
-                 "STACK_DVC_REPO": "", **{f"STACK_{s}_PORT": str(free_port())
-                                          for s in ("PG", "MLFLOW", "S3", "PREFECT")}}
-    run(["bash", str(REPO / "infra/local/up.sh")], REPO, stack_env, timeout=1200)
-    settings = dict(line.split("=", 1) for line in (state / ".env").read_text().splitlines()
-                    if "=" in line and not line.startswith("#"))
-    port = free_port()
-    run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"], REPO,
-        {**env, **settings}, timeout=180)
-    address = f"127.0.0.1:{port}"
-    # the workers read S3 with the stack's keys: they inherit the raylet's environment
-    worker_pid = start_node(address, {**env, **settings})
-    try:
-        yield address, settings, worker_pid
-    finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
-        run(["bash", str(REPO / "infra/local/down.sh")], REPO, stack_env, timeout=300)
+    with local_stack(env) as (settings, _, _):
+        env = {**env, **settings}  # the raylets' workers read S3 with the stack's keys
+        port = free_port()
+        run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+             f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+             "--disable-usage-stats"], REPO, env, timeout=180)
+        address = f"127.0.0.1:{port}"
+        try:
+            yield address, settings, start_node(address, env)
+        finally:
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
 
 
 def placement(out):

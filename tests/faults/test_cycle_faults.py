@@ -14,7 +14,7 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, free_port
+from tests.conftest import local_stack
 from tests.flows.test_cycle import add, forget_list, ops_workspace
 from tests.flows.test_pipeline import run
 
@@ -22,21 +22,13 @@ pytestmark = pytest.mark.faults
 
 
 @pytest.fixture
-def stack(workspace, tmp_path):
-    """The local service stack in its own state dir and ports, pointed at the workspace."""
+def stack(workspace):
+    """The local service stack, pointed at the workspace (its DVC remote `s3` the default)."""
     ws, env = workspace
-    state = tmp_path / "stack"
-    stack_env = {**env, "STACK_STATE_DIR": str(state), "STACK_ENV_FILE": str(state / ".env"),
-                 "STACK_DVC_REPO": str(ws), **{f"STACK_{s}_PORT": str(free_port())
-                                               for s in ("PG", "MLFLOW", "S3", "PREFECT")}}
-    up = ["bash", str(REPO / "infra/local/up.sh")]
-    run(up, ws, stack_env, timeout=1200)
-    settings = dict(line.split("=", 1) for line in (state / ".env").read_text().splitlines()
-                    if "=" in line and not line.startswith("#"))
-    run(["dvc", "remote", "default", "--local", "s3"], ws, env)
-    cycle_env = {**env, **settings, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
-    yield ws, cycle_env, settings, lambda: run(up, ws, stack_env, timeout=1200), state
-    run(["bash", str(REPO / "infra/local/down.sh")], ws, stack_env, timeout=300)
+    with local_stack(env, ws) as (settings, up, state):
+        run(["dvc", "remote", "default", "--local", "s3"], ws, env)
+        cycle_env = {**env, **settings, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+        yield ws, cycle_env, settings, up, state
 
 
 class Cycle:
