@@ -304,10 +304,10 @@ class AuditParams(Strict):
 
 class ClassifierParams(Strict):
     max_samples: int = Field(4000, ge=10)
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
-    width: int = Field(32, ge=4)
+    width: int = Field(16, ge=4)
 
 
 class EvaluateParams(Strict):
