@@ -79,7 +79,10 @@ def test_two_nodes_spread_workers_and_survive_losing_one(cluster, tmp_path):
     assert len(set(placement(out).values())) == 2
     undisturbed = torch.load(ws / "models/unlearned.pt", weights_only=True)
 
-    s3 = boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"])
+    s3 = boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"],
+                      aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
+                      region_name=settings["AWS_DEFAULT_REGION"])
 
     def checkpoints():
         keys = s3.list_objects_v2(Bucket="ray-results", Prefix=f"{PREFIX}/finetune-").get(

@@ -102,7 +102,10 @@ def test_cycle_faults_leave_ledger_and_registry_consistent(stack):
     assert versions() == [2]  # one live version: no duplicate of the failed attempt
     request = forget_list(ws, env)["req-0001"]
     assert (request["status"], request["model_version"]) == ("unlearned", 2)
-    s3 = boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"])
+    s3 = boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"],
+                      aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"],
+                      region_name=settings["AWS_DEFAULT_REGION"])
     assert s3.list_objects_v2(Bucket="dvc-remote").get("KeyCount", 0) > 0
     cycles = [json.loads(x) for x in (ws / "ledger/cycles.jsonl").read_text().splitlines()]
     assert [c["model_version"] for c in cycles] == [2]
