@@ -125,7 +125,7 @@ def read_image(source: str | Path | bytes, name: str, size: int | None,
                                 "RGBA or CMYK expected)")
             if size is not None:
                 # JPEG only: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size
-                # (an ImageNet photo of ~400x350 px decodes 4x faster for size 64)
+                # (a 500x375 photo to 64 px: 3.3 ms instead of 6.5 ms, decode and resize)
                 im.draft(mode, (size, size))
             im.load()
             # palette transparency converts through RGBA (a direct convert warns and may drop it)
