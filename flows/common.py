@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from components.data import DataError, ImageSet, load_dataset
+from components.datasets import load_options
 from components.ledger import LEDGER_DIR, LedgerError, read_ledger, requested_ids
 from components.methods.base import THRESHOLDS
 from components.params import Params, ParamsError, load_params
@@ -62,8 +63,10 @@ def task_spec(params: Params) -> TaskSpec:
 
 
 def load_sets(params: Params) -> dict[str, ImageSet]:
-    """The dataset's train and test splits."""
-    return {s: load_dataset(params.data.dataset, params.data.path, s) for s in ("train", "test")}
+    """The dataset's train and test splits (resized, capped, presets applied per params)."""
+    options = load_options(params)
+    return {s: load_dataset(params.data.dataset, params.data.path, s, options)
+            for s in ("train", "test")}
 
 
 def ledger_indices(train: ImageSet, ledger: Path = LEDGER_DIR) -> dict[int, str]:

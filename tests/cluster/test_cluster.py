@@ -62,6 +62,7 @@ def placement(out):
     return nodes
 
 
+@pytest.mark.timeout(3600)
 def test_two_nodes_spread_workers_and_survive_losing_one(cluster, tmp_path):
     address, settings, worker_raylet = cluster
     storage = f"s3://ray-results/{PREFIX}"

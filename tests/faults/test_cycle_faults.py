@@ -59,6 +59,7 @@ class Cycle:
         return self.proc.returncode, "".join(self.lines)
 
 
+@pytest.mark.timeout(3600)  # four cycles' worth of pipeline runs on 2 cores
 def test_cycle_faults_leave_ledger_and_registry_consistent(stack):
     ws, env, settings, stack_up, state = stack
     retain = ops_workspace(ws, env)

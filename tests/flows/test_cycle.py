@@ -44,6 +44,7 @@ def add(ws, env, ids, reason="erasure request"):
 
 
 @pytest.mark.ops
+@pytest.mark.timeout(3600)
 def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
     ws, env = workspace
     retain = ops_workspace(ws, env)
