@@ -6,6 +6,8 @@ reports/metrics.json with the retrain gap and the cost ratio.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -69,7 +71,9 @@ def evaluate() -> dict:
     judge = make_judge(images, labels, classes, {s: data[s][1] for s in JUDGED_SETS},
                        params.evaluate, params.seed, device)
     with stage_run("evaluate", params, SECTIONS, {"forget_split_hash": split_hash}):
-        quality = map_models(quality_metrics, blobs, (data, judge), params)
+        # map_models calls fn(model, *shared, device): the judge goes in by keyword
+        quality = map_models(functools.partial(quality_metrics, judge=judge), blobs, (data,),
+                             params)
         blocks = {m: {**quality[m], **audit[m]} for m in MODELS}
         for m in MODELS:
             blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"])
