@@ -12,7 +12,7 @@ PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
 .PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean \
-	services-up services-down check-infra test-ops test-faults test-cluster
+	services-up services-down check-infra test-ops test-faults test-cluster families
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ benchmark: setup data
 ablation: setup data
 	python -m flows.benchmark --scenarios class,sample --out ablation \
 	  --methods decouple,decouple_literal,decouple_keep0,decouple_quantile,decouple_no_ascent,retrain
+
+# each model family (mae, vqtoken, diffusion) inpainting an ImageFolder export, one `dvc exp run`
+# each, in a clone (.families/) -> reports/families.{json,md}
+families: setup data
+	python -m flows.families
 
 # orchestration overhead, unlearning vs retraining cost, scaling -> reports/perf.{json,md,png}
 bench-perf: setup data

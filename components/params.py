@@ -417,6 +417,21 @@ class PerfParams(Strict):
         return v
 
 
+class FamiliesParams(Strict):
+    """`make families`: each model family through `dvc exp run` on an ImageFolder export."""
+
+    dataset: Literal["fashion-mnist", "digits", "shapes", "cifar10"] = "fashion-mnist"
+    source_path: str = "/usr/share/datasets/fashion-mnist"
+    path: str = "data/imagefolder"
+    per_class: int | None = Field(300, gt=0)
+    val_per_class: int | None = Field(50, gt=0)
+    names: list[Literal["ae", "mae", "vqtoken", "diffusion"]] = Field(
+        default_factory=lambda: ["mae", "vqtoken", "diffusion"], min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+    min_forget_drop_db: float = 0.5
+    max_retain_drop_db: float = 0.5
+
+
 class Params(Strict):
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
@@ -432,6 +447,7 @@ class Params(Strict):
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     perf: PerfParams = Field(default_factory=PerfParams)
+    families: FamiliesParams = Field(default_factory=FamiliesParams)
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

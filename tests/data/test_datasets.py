@@ -15,7 +15,8 @@ from PIL import Image
 
 from components import datasets
 from components.data import DataError, load_dataset, resolve_classes
-from components.datasets import LoadOptions, Preset, load_options
+from components.datasets import LoadOptions, Preset, first_per_class, load_options
+from components.export import folder_names, write_imagefolder
 from components.params import ParamsError, parse_params
 from components.splits import split_forget_retain
 from tests.conftest import REPO, free_port
@@ -353,3 +354,18 @@ def test_webdataset_from_s3_through_boto3(tmp_path, s3_endpoint, monkeypatch):
         load_dataset("webdataset", "s3://missing/wds", "train")
     with pytest.raises(DataError, match=r"no WebDataset shards .* s3://shards/nothing/train/"):
         load_dataset("webdataset", "s3://shards/nothing", "train")
+
+
+def test_exported_imagefolder_loads_back_the_same_pixels_and_labels(tmp_path):
+    source = load_dataset("digits", "", "train")
+    assert write_imagefolder(source, tmp_path / "train", 5) == 50
+    assert write_imagefolder(load_dataset("digits", "", "test"), tmp_path / "val", 2) == 20
+    back = load_dataset("imagefolder", tmp_path, "train", LoadOptions(channels=1))
+    keep = np.flatnonzero(first_per_class(source.labels, 5))
+    order = np.argsort(source.labels[keep], kind="stable")  # the loader orders by class
+    np.testing.assert_array_equal(back.images, source.images[keep][order])
+    np.testing.assert_array_equal(back.labels, source.labels[keep][order])
+    assert back.class_names == folder_names(source.class_names)
+    assert len(load_dataset("imagefolder", tmp_path, "test", LoadOptions(channels=1))) == 20
+    with pytest.raises(DataError, match="not empty"):
+        write_imagefolder(source, tmp_path / "train", 1)

@@ -1,0 +1,146 @@
+"""`make families`: every model family through the whole pipeline on an ImageFolder dataset.
+
+    python -m flows.families [--names mae,diffusion]
+
+1. Exports `families.dataset` into ImageNet's folder layout at `families.path` (once; reused).
+2. Clones HEAD into `.families/repo`, so the workspace and its outputs stay as they are; the
+   runs log to the workspace's MLflow (each family registers as `imagefolder-<family>`).
+3. Per family, exactly what a user types:
+   `dvc exp run -S model.family=<f> -S data.dataset=imagefolder -S data.path=<export> ...`
+   plus `families.set` (`model.task: inpaint` and the CPU-sized knobs), logged to
+   `.families/<f>.log`.
+4. Writes `reports/families.{json,md}`: original -> unlearned PSNR / SSIM / FD / cosine on
+   the forget and retain sets, the retrained reference, the audit, and the check asked of
+   every family: the forget-set quality drops by at least `families.min_forget_drop_db`
+   while the retain set loses at most `families.max_retain_drop_db`.
+A family that fails is recorded with its error; the others still run; exit 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from components.data import DataError, load_dataset
+from components.export import write_imagefolder
+from components.params import FamiliesParams
+from flows.common import REPORT_DIR, StageError, read_json, stage_params, write_json
+from flows.cycle import clone_env, sh
+
+WORKDIR = Path(".families")
+SETS = ("forget", "retain")
+FIGURES = ("psnr", "ssim", "fd", "cosine")
+
+
+def export_dataset(cfg: FamiliesParams, root: Path) -> Path:
+    """The ImageFolder export of cfg.dataset (made the first time, reused after)."""
+    out = (root / cfg.path).resolve()
+    if (out / "val").is_dir():
+        return out
+    if out.exists():
+        shutil.rmtree(out)  # a half-written export from an interrupted run
+    for split, folder, cap in (("train", "train", cfg.per_class),
+                               ("test", "val", cfg.val_per_class)):
+        n = write_imagefolder(load_dataset(cfg.dataset, cfg.source_path, split), out / folder, cap)
+        print(f"[families] exported {n} {split} images to {out / folder}", flush=True)
+    return out
+
+
+def overrides(cfg: FamiliesParams, family: str, data: Path) -> list[str]:
+    """The `-S key=value` arguments of one family's `dvc exp run` (strings as typed, other
+    values as JSON, which DVC reads as YAML)."""
+    given = {"model.family": family, "data.dataset": "imagefolder", "data.path": str(data),
+             "mlflow.model_name": f"imagefolder-{family}", **cfg.set}
+    return [arg for k, v in given.items()
+            for arg in ("-S", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+
+
+def judge(metrics: dict[str, Any], cfg: FamiliesParams) -> dict[str, Any]:
+    """Forget-set quality drop and retain-set change (dB of PSNR, unlearned vs original)."""
+    orig, unl, ref = metrics["original"], metrics["unlearned"], metrics["retrained"]
+    forget_drop = orig["forget_psnr"] - unl["forget_psnr"]
+    retain_drop = orig["retain_psnr"] - unl["retain_psnr"]
+    return {"forget_drop_db": forget_drop, "retain_drop_db": retain_drop,
+            "retrained_forget_drop_db": orig["forget_psnr"] - ref["forget_psnr"],
+            "passed": forget_drop >= cfg.min_forget_drop_db
+            and retain_drop <= cfg.max_retain_drop_db}
+
+
+def run_family(ws: Path, family: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """One `dvc exp run` in the clone; its figures, or its error."""
+    log = WORKDIR.resolve() / f"{family}.log"
+    log.unlink(missing_ok=True)
+    print(f"[families] {family}: dvc exp run {' '.join(args)} (log: {log})", flush=True)
+    t0 = time.perf_counter()
+    try:
+        sh(["dvc", "exp", "run", "-n", f"{family}-imagefolder", *args], ws, env, log)
+    except StageError as exc:
+        return {"family": family, "error": str(exc).splitlines()[0],
+                "seconds": time.perf_counter() - t0}
+    metrics = read_json(ws / REPORT_DIR / "metrics.json")
+    audit = read_json(ws / REPORT_DIR / "audit.json")["verdict"]
+    return {"family": family, "seconds": time.perf_counter() - t0, "metrics": metrics,
+            "audit_passed": audit["passed"], "audit_failed": audit["failed"]}
+
+
+def write_markdown(rows: list[dict[str, Any]], cfg: FamiliesParams, path: Path) -> None:
+    lines = ["# Model families on an ImageFolder dataset (`make families`)", "",
+             f"`{cfg.dataset}` exported to ImageNet's layout ({cfg.per_class} train / "
+             f"{cfg.val_per_class} val images per class), `dvc exp run` per family with "
+             f"`{json.dumps(cfg.set)}`. Check: forget PSNR drops ≥ {cfg.min_forget_drop_db} dB, "
+             f"retain PSNR drops ≤ {cfg.max_retain_drop_db} dB (unlearned vs original).", "",
+             "| family | set | PSNR orig → unl (retr) | SSIM orig → unl | FD orig → unl "
+             "(retr) | cosine orig → unl | ASR orig → unl | audit | check | min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['family']} | | failed: {row['error']} | | | | | | ✗ | "
+                         f"{row['seconds'] / 60:.1f} |")
+            continue
+        m, j = row["metrics"], row["judge"]
+        o, u, r = m["original"], m["unlearned"], m["retrained"]
+        for s in SETS:
+            lines.append(
+                f"| {row['family']} | {s} | {o[f'{s}_psnr']:.2f} → {u[f'{s}_psnr']:.2f} "
+                f"({r[f'{s}_psnr']:.2f}) | {o[f'{s}_ssim']:.3f} → {u[f'{s}_ssim']:.3f} | "
+                f"{o[f'{s}_fd']:.3g} → {u[f'{s}_fd']:.3g} ({r[f'{s}_fd']:.3g}) | "
+                f"{o[f'{s}_cosine']:.3f} → {u[f'{s}_cosine']:.3f} | "
+                f"{o['backdoor_asr']:.2f} → {u['backdoor_asr']:.2f} | "
+                f"{'passed' if row['audit_passed'] else 'failed ' + ','.join(row['audit_failed'])}"
+                f" | {'✓' if j['passed'] else '✗'} | {row['seconds'] / 60:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def families(names: Annotated[str | None, typer.Option(
+        help="comma-separated families (default: families.names)")] = None) -> None:
+    """Run every family's `dvc exp run` on the ImageFolder export; reports/families.*."""
+    root = Path.cwd()
+    cfg = stage_params().families
+    chosen = names.split(",") if names else list(cfg.names)
+    try:
+        data = export_dataset(cfg, root)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    ws, env = WORKDIR.resolve() / "repo", clone_env(root)
+    shutil.rmtree(ws, ignore_errors=True)
+    sh(["git", "clone", "-q", str(root), str(ws)], root, env)
+    rows = []
+    for family in chosen:
+        row = run_family(ws, family, overrides(cfg, family, data), env)
+        if "metrics" in row:
+            row["judge"] = judge(row["metrics"], cfg)
+        rows.append(row)
+        write_json(REPORT_DIR / "families.json", {"params": cfg.model_dump(), "rows": rows})
+        write_markdown(rows, cfg, REPORT_DIR / "families.md")
+    print((REPORT_DIR / "families.md").read_text())
+    if any("error" in r or not r["judge"]["passed"] for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    typer.run(families)

@@ -1,0 +1,41 @@
+"""`make families`: the overrides it hands to `dvc exp run` and the check it applies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.params import FamiliesParams, parse_params
+from flows.families import judge, overrides
+
+
+def block(forget: float, retain: float) -> dict[str, float]:
+    return {"forget_psnr": forget, "retain_psnr": retain}
+
+
+def test_overrides_are_what_a_user_types_and_parse_as_params():
+    cfg = FamiliesParams(set={"model.task": "inpaint", "train.epochs": 20,
+                              "model.diffusion.widths": [8, 16]})
+    args = overrides(cfg, "diffusion", Path("/data/if"))
+    pairs = dict(a.split("=", 1) for a in args[1::2])
+    assert args[0::2] == ["-S"] * len(pairs)
+    assert pairs == {"model.family": "diffusion", "data.dataset": "imagefolder",
+                     "data.path": "/data/if", "mlflow.model_name": "imagefolder-diffusion",
+                     "model.task": "inpaint", "train.epochs": "20",
+                     "model.diffusion.widths": "[8, 16]"}
+    params = parse_params({"model": {"family": "diffusion", "task": "inpaint",
+                                     "diffusion": {"widths": [8, 16]}},
+                           "data": {"dataset": "imagefolder", "path": "/data/if"}})
+    assert params.model.diffusion.widths == [8, 16]
+
+
+def test_check_needs_a_forget_drop_and_a_retain_that_holds():
+    cfg = FamiliesParams(min_forget_drop_db=0.5, max_retain_drop_db=0.5)
+    metrics = {"original": block(20.0, 21.0), "unlearned": block(19.0, 20.8),
+               "retrained": block(18.5, 21.0)}
+    got = judge(metrics, cfg)
+    assert got["passed"] and abs(got["forget_drop_db"] - 1.0) < 1e-9
+    assert abs(got["retrained_forget_drop_db"] - 1.5) < 1e-9
+    metrics["unlearned"] = block(19.0, 20.0)  # retain fell 1 dB: not held
+    assert not judge(metrics, cfg)["passed"]
+    metrics["unlearned"] = block(19.8, 21.0)  # forget barely moved
+    assert not judge(metrics, cfg)["passed"]
