@@ -38,16 +38,21 @@ FIGURES = ("psnr", "ssim", "fd", "cosine")
 
 
 def export_dataset(cfg: FamiliesParams, root: Path) -> Path:
-    """The ImageFolder export of cfg.dataset (made the first time, reused after)."""
+    """The ImageFolder export of cfg.dataset: made the first time, reused while the export
+    settings stay the same (`export.json`, written last, records them)."""
     out = (root / cfg.path).resolve()
-    if (out / "val").is_dir():
+    spec = {"dataset": cfg.dataset, "source_path": cfg.source_path,
+            "per_class": cfg.per_class, "val_per_class": cfg.val_per_class}
+    marker = out / "export.json"
+    if marker.exists() and read_json(marker) == spec:
         return out
     if out.exists():
-        shutil.rmtree(out)  # a half-written export from an interrupted run
+        shutil.rmtree(out)  # other settings, or a half-written export from an interrupted run
     for split, folder, cap in (("train", "train", cfg.per_class),
                                ("test", "val", cfg.val_per_class)):
         n = write_imagefolder(load_dataset(cfg.dataset, cfg.source_path, split), out / folder, cap)
         print(f"[families] exported {n} {split} images to {out / folder}", flush=True)
+    write_json(marker, spec)
     return out
 
 

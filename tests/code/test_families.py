@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.params import FamiliesParams, parse_params
-from flows.families import judge, overrides
+from flows.families import export_dataset, judge, overrides
 
 
 def block(forget: float, retain: float) -> dict[str, float]:
@@ -39,3 +39,16 @@ def test_check_needs_a_forget_drop_and_a_retain_that_holds():
     assert not judge(metrics, cfg)["passed"]
     metrics["unlearned"] = block(19.8, 21.0)  # forget barely moved
     assert not judge(metrics, cfg)["passed"]
+
+
+def test_export_is_made_once_and_remade_when_its_settings_change(tmp_path):
+    cfg = FamiliesParams(dataset="digits", path="export", per_class=2, val_per_class=1)
+    out = export_dataset(cfg, tmp_path)
+    assert len(list((out / "train").glob("*/*.png"))) == 20
+    stamp = (out / "export.json").stat().st_mtime_ns
+    assert export_dataset(cfg, tmp_path) == out
+    assert (out / "export.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    (out / "export.json").unlink()  # as an interrupted export leaves it
+    bigger = cfg.model_copy(update={"per_class": 3})
+    export_dataset(bigger, tmp_path)
+    assert len(list((out / "train").glob("*/*.png"))) == 30
