@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 
 from components.certificate import make_certificate
-from components.models import model_from_file
+from components.models import ServingModel, model_from_file
 from components.params import Params
 from components.splits import file_sha256
 from flows.common import (
@@ -88,8 +88,8 @@ def register() -> dict:
         # MLflow 3 saves a torch.export (pt2) program, not a pickle; it needs an example input,
         # of batch 2: torch.export would specialise a batch of 1 into the program
         example = np.zeros((2, c, side, side), np.float32)
-        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                        pip_requirements=["torch==2.13.0"])
+        info = mlflow.pytorch.log_model(ServingModel(model), name="model",
+                                        input_example=example, pip_requirements=["torch==2.13.0"])
         version = mlflow.register_model(info.model_uri, name, tags=tags)
         client().set_registered_model_alias(name, CANDIDATE, version.version)
     registered = {"model_name": name, "version": int(version.version), "alias": CANDIDATE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from components.models.ae import ConvAutoencoder
@@ -98,7 +99,27 @@ def model_from_file(blob: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
+class ServingModel(nn.Module):
+    """What the registry holds: image in, generated image out, for any family.
+
+    MLflow 3 saves a model as a torch.export program. The training modules' forward draws
+    its evaluation noise from a fixed-seed torch.Generator, which torch.export cannot trace
+    for a batch size it does not know; here generation draws from the global RNG instead
+    (a diffusion model samples fresh noise per call, as a served sampler should). The
+    families' code takes batch sizes as `x.shape[0]`, never `len(x)`: len() returns a plain
+    int, and torch.export would fix the program's batch size to the example's.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.generate(inputs, None)
+
+
 __all__ = [
-    "MODELS", "build_model", "cpu_state", "distill_per_sample", "embed", "generate",
-    "loss_per_sample", "model_from_file", "parameter_group", "train_loss_per_sample", "unwrap",
+    "MODELS", "ServingModel", "build_model", "cpu_state", "distill_per_sample", "embed",
+    "generate", "loss_per_sample", "model_from_file", "parameter_group", "train_loss_per_sample",
+    "unwrap",
 ]

@@ -122,7 +122,7 @@ class ConditionalDiffusion(I2IModel):
 
     def noise(self, x_t: torch.Tensor, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predicted noise of x_t at steps t, conditioned on the task's input."""
-        cond = torch.cat([x_t, 2 * inputs - 1, self.visible.expand(len(x_t), -1, -1, -1)], 1)
+        cond = torch.cat([x_t, 2 * inputs - 1, self.visible.expand(x_t.shape[0], -1, -1, -1)], 1)
         h, skips, temb = self.encoder(cond, timestep_features(t, self.time_dim))
         return self.decoder(h, skips, temb)
 
@@ -132,7 +132,7 @@ class ConditionalDiffusion(I2IModel):
         draws = 1 if self.training else self.eval_draws
         inputs, x0 = inputs.repeat(draws, 1, 1, 1), (2 * targets - 1).repeat(draws, 1, 1, 1)
         steps = len(self.alpha_bar)
-        t = (draw_uniform((len(x0),), gen, x0.device) * steps).long().clamp(max=steps - 1)
+        t = (draw_uniform((x0.shape[0],), gen, x0.device) * steps).long().clamp(max=steps - 1)
         noise = draw_normal(tuple(x0.shape), gen, x0.device)
         ab = self.alpha_bar[t][:, None, None, None]
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise, inputs, t, noise
@@ -140,7 +140,7 @@ class ConditionalDiffusion(I2IModel):
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
              gen: torch.Generator | None) -> torch.Tensor:
         x_t, cond, t, noise = self.noised(inputs, targets, gen)
-        return sample_losses(self.noise(x_t, cond, t), noise).view(-1, len(inputs)).mean(0)
+        return sample_losses(self.noise(x_t, cond, t), noise).view(-1, inputs.shape[0]).mean(0)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
                 gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,13 +148,13 @@ class ConditionalDiffusion(I2IModel):
         predicted = self.noise(x_t, cond, t)
         with torch.no_grad():
             reference = teacher.noise(x_t, cond, t)
-        n = len(inputs)
+        n = inputs.shape[0]
         return (sample_losses(predicted, noise).view(-1, n).mean(0),
                 sample_losses(predicted, reference).view(-1, n).mean(0))
 
     def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """DDIM (η = 0) over `sample_steps` evenly spaced steps, from T-1 down to 0."""
-        n, steps = len(inputs), len(self.alpha_bar)
+        n, steps = inputs.shape[0], len(self.alpha_bar)
         x = draw_normal(tuple(inputs.shape), gen, inputs.device)
         schedule = torch.linspace(steps - 1, 0, self.sample_steps).round().long().tolist()
         x0 = x

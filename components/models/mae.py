@@ -51,38 +51,39 @@ class MaskedAutoencoder(I2IModel):
                                   cfg.decoder_depth, cfg.heads)
         self.register_buffer("hidden", hidden_positions(visible, cfg.patch_size),
                              persistent=False)
+        self.free = int((~self.hidden).sum())  # visible positions
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> (N, L, C·p·p), patches in row-major order."""
-        n, c, g, p = len(images), self.channels, self.grid, self.patch
+        n, c, g, p = images.shape[0], self.channels, self.grid, self.patch
         return images.reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(n, g * g, -1)
 
     def unpatchify(self, seq: torch.Tensor) -> torch.Tensor:
         """(N, L, C·p·p) -> (N, C, H, W)."""
-        n, c, g, p = len(seq), self.channels, self.grid, self.patch
+        n, c, g, p = seq.shape[0], self.channels, self.grid, self.patch
         return seq.reshape(n, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, g * p, g * p)
 
     def seen(self, n: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """The patches the encoder sees: the task's visible ones, less random ones in training."""
-        return seen_positions(self.hidden, n, self.mask_ratio if self.training else 0.0, gen,
-                              device)
+        drop = self.mask_ratio if self.training else 0.0
+        return seen_positions(self.hidden, self.free, n, drop, gen, device)
 
     def reconstruct(self, inputs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         latent = self.encoder(self.patchify(inputs), ids)
         return torch.sigmoid(self.unpatchify(self.decoder(latent, ids)))
 
     def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        ids = seen_positions(self.hidden, len(inputs), 0.0, gen, inputs.device)
+        ids = seen_positions(self.hidden, self.free, inputs.shape[0], 0.0, gen, inputs.device)
         return self.reconstruct(inputs, ids)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
              gen: torch.Generator | None) -> torch.Tensor:
-        return sample_losses(self.reconstruct(inputs, self.seen(len(inputs), gen, inputs.device)),
-                             targets)
+        ids = self.seen(inputs.shape[0], gen, inputs.device)
+        return sample_losses(self.reconstruct(inputs, ids), targets)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
                 gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = self.seen(len(inputs), gen, inputs.device)  # the teacher sees the same patches
+        ids = self.seen(inputs.shape[0], gen, inputs.device)  # the teacher sees the same patches
         out = self.reconstruct(inputs, ids)
         with torch.no_grad():
             reference = teacher.reconstruct(inputs, ids)
@@ -90,5 +91,5 @@ class MaskedAutoencoder(I2IModel):
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """The encoder's tokens for the task-visible patches (class token first)."""
-        ids = seen_positions(self.hidden, len(inputs), 0.0, None, inputs.device)
+        ids = seen_positions(self.hidden, self.free, inputs.shape[0], 0.0, None, inputs.device)
         return self.encoder(self.patchify(inputs), ids)

@@ -27,12 +27,15 @@ def hidden_positions(visible: torch.Tensor, patch: int) -> torch.Tensor:
     return (grid < 1).flatten()
 
 
-def seen_positions(hidden: torch.Tensor, n: int, drop: float, gen: torch.Generator | None,
-                   device: torch.device) -> torch.Tensor:
+def seen_positions(hidden: torch.Tensor, free: int, n: int, drop: float,
+                   gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Positions the encoder sees, (n, k): every position the task leaves visible, less a
     random `drop` share of them per sample (at least one kept; none when the task hides all).
+
+    `free` is the count of visible positions, a Python int fixed when the model is built:
+    counting `hidden` here would make k depend on a tensor's value, which torch.export
+    (MLflow 3's format for the registered model) cannot trace.
     """
-    free = int((~hidden).sum())
     keep = max(1, round(free * (1 - drop))) if free else 0
     scores = hidden.float().expand(n, -1) * 2  # hidden positions sort last
     if drop > 0:
@@ -80,7 +83,7 @@ class ViTEncoder(nn.Module):
 
     def forward(self, seq: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(N, L, ...) sequence and (N, k) seen ids -> (N, 1 + k, dim)."""
-        n = len(seq)
+        n = seq.shape[0]
         x = self.embed(gather(seq, ids)) + gather(self.pos.expand(n, -1, -1), ids)
         return self.norm(self.blocks(torch.cat([self.cls.expand(n, -1, -1).to(x.dtype), x], 1)))
 
@@ -115,7 +118,7 @@ class ViTDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """(N, 1 + k, dim) encoder output and its (N, k) ids -> (N, L, out_dim)."""
         x = self.proj(latent)
-        n, length, width = len(x), self.pos.shape[1] - 1, x.shape[-1]
+        n, length, width = x.shape[0], self.pos.shape[1] - 1, x.shape[-1]
         full = self.mask.to(x.dtype).expand(n, length, -1)
         full = full.scatter(1, ids[..., None].expand(-1, -1, width), x[:, 1:])
         x = torch.cat([x[:, :1], full], 1) + self.pos

@@ -60,7 +60,7 @@ class Tokenizer(nn.Module):
         return ids, self.vectors(ids, g)
 
     def vectors(self, ids: torch.Tensor, grid: int) -> torch.Tensor:
-        return self.codebook(ids).view(len(ids), grid, grid, -1).permute(0, 3, 1, 2)
+        return self.codebook(ids).view(ids.shape[0], grid, grid, -1).permute(0, 3, 1, 2)
 
     def reconstruction_loss(self, images: torch.Tensor, commitment: float) -> torch.Tensor:
         """Per-image VQ-VAE loss: pixel MSE (straight-through) + codebook + commitment."""
@@ -96,6 +96,7 @@ class MaskedTokenModel(I2IModel):
                                   cfg.decoder_depth, cfg.heads)
         self.register_buffer("hidden", hidden_positions(visible, cfg.patch_size),
                              persistent=False)
+        self.free = int((~self.hidden).sum())  # visible positions
 
     @torch.no_grad()
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -108,16 +109,16 @@ class MaskedTokenModel(I2IModel):
 
     def masked(self, n: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
         """Seen positions for the objective: random masking in training and in eval."""
-        return seen_positions(self.hidden, n, self.mask_ratio, gen, device)
+        return seen_positions(self.hidden, self.free, n, self.mask_ratio, gen, device)
 
     def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        ids = seen_positions(self.hidden, len(inputs), 0.0, gen, inputs.device)
+        ids = seen_positions(self.hidden, self.free, inputs.shape[0], 0.0, gen, inputs.device)
         predicted = self.logits(inputs, ids).argmax(-1)
         return self.tokenizer.decoder(self.tokenizer.vectors(predicted, self.grid))
 
     def cross_entropy(self, inputs: torch.Tensor, targets: torch.Tensor,
                       gen: torch.Generator | None) -> torch.Tensor:
-        logits = self.logits(inputs, self.masked(len(inputs), gen, inputs.device))
+        logits = self.logits(inputs, self.masked(inputs.shape[0], gen, inputs.device))
         return F.cross_entropy(logits.float().transpose(1, 2), self.tokens(targets),
                                reduction="none").mean(1)
 
@@ -142,7 +143,7 @@ class MaskedTokenModel(I2IModel):
                 gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy, and KL(teacher || model) of the token distributions (SCRUB's own
         distance), the teacher seeing the same positions."""
-        ids = self.masked(len(inputs), gen, inputs.device)
+        ids = self.masked(inputs.shape[0], gen, inputs.device)
         log_p = F.log_softmax(self.logits(inputs, ids).float(), -1)
         with torch.no_grad():
             log_q = F.log_softmax(teacher.logits(inputs, ids).float(), -1)
@@ -153,5 +154,5 @@ class MaskedTokenModel(I2IModel):
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """The transformer encoder's tokens for the task-visible positions."""
-        ids = seen_positions(self.hidden, len(inputs), 0.0, None, inputs.device)
+        ids = seen_positions(self.hidden, self.free, inputs.shape[0], 0.0, None, inputs.device)
         return self.encoder(self.tokens(inputs), ids)
