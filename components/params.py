@@ -423,11 +423,12 @@ class FamiliesParams(Strict):
     dataset: Literal["fashion-mnist", "digits", "shapes", "cifar10"] = "fashion-mnist"
     source_path: str = "/usr/share/datasets/fashion-mnist"
     path: str = "data/imagefolder"
-    per_class: int | None = Field(300, gt=0)
+    per_class: int | None = Field(400, gt=0)
     val_per_class: int | None = Field(50, gt=0)
     names: list[Literal["ae", "mae", "vqtoken", "diffusion"]] = Field(
         default_factory=lambda: ["mae", "vqtoken", "diffusion"], min_length=1)
-    set: dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(
+        default_factory=lambda: {"model.task": "inpaint", "train.epochs": 30})
     min_forget_drop_db: float = 0.5
     max_retain_drop_db: float = 0.5
 

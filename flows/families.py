@@ -28,7 +28,7 @@ import typer
 
 from components.data import DataError, load_dataset
 from components.export import write_imagefolder
-from components.params import FamiliesParams
+from components.params import FamiliesParams, Params, ParamsError, override
 from flows.common import REPORT_DIR, StageError, read_json, stage_params, write_json
 from flows.cycle import clone_env, sh
 
@@ -56,13 +56,30 @@ def export_dataset(cfg: FamiliesParams, root: Path) -> Path:
     return out
 
 
+def settings(cfg: FamiliesParams, family: str, data: Path) -> dict[str, Any]:
+    """Dotted params key -> value for one family's run."""
+    return {"model.family": family, "data.dataset": "imagefolder", "data.path": str(data),
+            "mlflow.model_name": f"imagefolder-{family}", **cfg.set}
+
+
 def overrides(cfg: FamiliesParams, family: str, data: Path) -> list[str]:
     """The `-S key=value` arguments of one family's `dvc exp run` (strings as typed, other
     values as JSON, which DVC reads as YAML)."""
-    given = {"model.family": family, "data.dataset": "imagefolder", "data.path": str(data),
-             "mlflow.model_name": f"imagefolder-{family}", **cfg.set}
-    return [arg for k, v in given.items()
+    return [arg for k, v in settings(cfg, family, data).items()
             for arg in ("-S", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+
+
+def check_settings(params: Params, family: str, data: Path) -> None:
+    """Validate one family's params before any run starts: a typo in families.set fails at
+    once, naming the key, instead of in each family's `prepare`."""
+    tree: dict[str, Any] = {}
+    for key, value in settings(params.families, family, data).items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    override(params, tree)
 
 
 def judge(metrics: dict[str, Any], cfg: FamiliesParams) -> dict[str, Any]:
@@ -125,11 +142,15 @@ def families(names: Annotated[str | None, typer.Option(
         help="comma-separated families (default: families.names)")] = None) -> None:
     """Run every family's `dvc exp run` on the ImageFolder export; reports/families.*."""
     root = Path.cwd()
-    cfg = stage_params().families
-    chosen = names.split(",") if names else list(cfg.names)
     try:
-        data = export_dataset(cfg, root)
-    except DataError as exc:
+        params = stage_params()
+        cfg = params.families
+        chosen = names.split(",") if names else list(cfg.names)
+        data = (root / cfg.path).resolve()
+        for family in chosen:
+            check_settings(params, family, data)
+        export_dataset(cfg, root)
+    except (DataError, ParamsError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     ws, env = WORKDIR.resolve() / "repo", clone_env(root)
     shutil.rmtree(ws, ignore_errors=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.params import FamiliesParams, parse_params
-from flows.families import export_dataset, judge, overrides
+import pytest
+
+from components.params import FamiliesParams, ParamsError, parse_params
+from flows.families import check_settings, export_dataset, judge, overrides
 
 
 def block(forget: float, retain: float) -> dict[str, float]:
@@ -52,3 +54,10 @@ def test_export_is_made_once_and_remade_when_its_settings_change(tmp_path):
     bigger = cfg.model_copy(update={"per_class": 3})
     export_dataset(bigger, tmp_path)
     assert len(list((out / "train").glob("*/*.png"))) == 30
+
+
+def test_a_bad_override_is_refused_before_any_run_naming_the_key():
+    params = parse_params({"families": {"set": {"train.epochz": 3}}})
+    with pytest.raises(ParamsError, match="train.epochz"):
+        check_settings(params, "mae", Path("/data/if"))
+    check_settings(parse_params({}), "diffusion", Path("/data/if"))  # the defaults are valid
