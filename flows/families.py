@@ -1,6 +1,6 @@
 """`make families`: every model family through the whole pipeline on an ImageFolder dataset.
 
-    python -m flows.families [--names mae,diffusion]
+    python -m flows.families [--names mae,diffusion] [--set forget.classes=[8]] [--out NAME]
 
 1. Exports `families.dataset` into ImageNet's folder layout at `families.path` (once; reused).
 2. Clones HEAD into `.families/repo`, so the workspace and its outputs stay as they are; the
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 from components.data import DataError, load_dataset
 from components.export import write_imagefolder
@@ -138,13 +139,26 @@ def write_markdown(rows: list[dict[str, Any]], cfg: FamiliesParams, path: Path) 
     path.write_text("\n".join(lines) + "\n")
 
 
-def families(names: Annotated[str | None, typer.Option(
-        help="comma-separated families (default: families.names)")] = None) -> None:
+def families(
+    names: Annotated[str | None, typer.Option(
+        help="comma-separated families (default: families.names)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE on top of families.set (repeatable), e.g. forget.classes=[8]")]
+    = None,
+    out: Annotated[str, typer.Option(help="report name: reports/<out>.{json,md}")] = "families",
+) -> None:
     """Run every family's `dvc exp run` on the ImageFolder export; reports/families.*."""
     root = Path.cwd()
     try:
         params = stage_params()
-        cfg = params.families
+        extra = {}
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ParamsError(f"--set {item!r}: expected KEY=VALUE")
+            extra[key] = yaml.safe_load(value)
+        cfg = params.families.model_copy(update={"set": {**params.families.set, **extra}})
+        params = params.model_copy(update={"families": cfg})
         chosen = names.split(",") if names else list(cfg.names)
         data = (root / cfg.path).resolve()
         for family in chosen:
@@ -161,9 +175,9 @@ def families(names: Annotated[str | None, typer.Option(
         if "metrics" in row:
             row["judge"] = judge(row["metrics"], cfg)
         rows.append(row)
-        write_json(REPORT_DIR / "families.json", {"params": cfg.model_dump(), "rows": rows})
-        write_markdown(rows, cfg, REPORT_DIR / "families.md")
-    print((REPORT_DIR / "families.md").read_text())
+        write_json(REPORT_DIR / f"{out}.json", {"params": cfg.model_dump(), "rows": rows})
+        write_markdown(rows, cfg, REPORT_DIR / f"{out}.md")
+    print((REPORT_DIR / f"{out}.md").read_text())
     if any("error" in r or not r["judge"]["passed"] for r in rows):
         raise SystemExit(1)
 
