@@ -171,8 +171,8 @@ def families(
     shutil.rmtree(ws, ignore_errors=True)
     sh(["git", "clone", "-q", str(root), str(ws)], root, env)
     # one DVC cache for every clone: its run-cache restores a stage whose deps and params
-    # are unchanged, so rerunning with other unlearning knobs does not retrain (12 min for
-    # diffusion here)
+    # are unchanged (prepare, decouple, ...); not `train`, whose persistent output DVC never
+    # run-caches (measured: a rerun with another finetune budget retrained diffusion)
     sh(["dvc", "cache", "dir", "--local", str(WORKDIR.resolve() / "cache")], ws, env)
     rows = []
     for family in chosen:
