@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.data import DataError, ImageSet
+from components.data import DataError, ImageSet, load_dataset
 from components.datasets import first_per_class
 
 
@@ -55,3 +55,23 @@ def write_imagefolder(images: ImageSet, split_dir: str | Path, per_class: int | 
         im = Image.fromarray(array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0)))
         im.save(split_dir / names[images.labels[index]] / f"{images.split}_{index:06d}.png")
     return len(keep)
+
+
+def export_splits(dataset: str, source_path: str, root: str | Path,
+                  per_class: int | None, val_per_class: int | None) -> dict[str, int]:
+    """Write a dataset's train split to `root/train` and its test split to `root/val`.
+
+    Args:
+        dataset: a built-in dataset name (components.data.load_dataset).
+        source_path: the dataset's files.
+        root: the new export folder.
+        per_class, val_per_class: images kept per class in train and val (None: all).
+
+    Returns:
+        Folder ("train", "val") -> images written.
+    """
+    root = Path(root)
+    return {folder: write_imagefolder(load_dataset(dataset, source_path, split), root / folder,
+                                      cap)
+            for split, folder, cap in (("train", "train", per_class),
+                                       ("test", "val", val_per_class))}

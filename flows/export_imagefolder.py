@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from components.data import DataError, load_dataset
-from components.export import write_imagefolder
+from components.data import DataError
+from components.export import export_splits
 
 DEFAULT_PATH = "/usr/share/datasets/fashion-mnist"
 
@@ -34,13 +34,12 @@ def export_imagefolder(
     """Write DATASET's train and test splits as PNG files in class folders under OUT."""
     console = Console(stderr=True)
     try:
-        for split, folder, cap in (("train", "train", per_class), ("test", "val", val_per_class)):
-            images = load_dataset(dataset, path, split)
-            written = write_imagefolder(images, out / folder, cap)
-            console.print(f"{out / folder}: {written} images, {len(images.class_names)} classes")
+        written = export_splits(dataset, path, out, per_class, val_per_class)
     except DataError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+    for folder, n in written.items():
+        console.print(f"{out / folder}: {n} images")
 
 
 if __name__ == "__main__":

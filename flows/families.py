@@ -28,15 +28,14 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from components.data import DataError, load_dataset
-from components.export import write_imagefolder
+from components.data import DataError
+from components.export import export_splits
 from components.params import FamiliesParams, Params, ParamsError, override
 from flows.common import REPORT_DIR, StageError, read_json, stage_params, write_json
 from flows.cycle import clone_env, sh
 
 WORKDIR = Path(".families")
 SETS = ("forget", "retain")
-FIGURES = ("psnr", "ssim", "fd", "cosine")
 
 
 def export_dataset(cfg: FamiliesParams, root: Path) -> Path:
@@ -50,10 +49,9 @@ def export_dataset(cfg: FamiliesParams, root: Path) -> Path:
         return out
     if out.exists():
         shutil.rmtree(out)  # other settings, or a half-written export from an interrupted run
-    for split, folder, cap in (("train", "train", cfg.per_class),
-                               ("test", "val", cfg.val_per_class)):
-        n = write_imagefolder(load_dataset(cfg.dataset, cfg.source_path, split), out / folder, cap)
-        print(f"[families] exported {n} {split} images to {out / folder}", flush=True)
+    written = export_splits(cfg.dataset, cfg.source_path, out, cfg.per_class,
+                            cfg.val_per_class)
+    print(f"[families] exported {written} images to {out}", flush=True)
     write_json(marker, spec)
     return out
 
