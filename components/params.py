@@ -7,6 +7,7 @@ Unknown keys are refused with the closest known key suggested, so a typo such as
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,8 +172,8 @@ class NoiseParams(Strict):
     @field_validator("epsilon")
     @classmethod
     def _positive_epsilon(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError("epsilon must be > 0 (or null for no noise)")
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError("epsilon must be a finite number > 0 (or null for no noise)")
         return v
 
     @field_validator("delta")
@@ -263,6 +264,40 @@ class RetrainParams(Strict):
     epochs: int | None = Field(None, ge=1)
 
 
+class CertifiedParams(Strict):
+    """`certified`: noisy fine-tuning on the retain set whose (ε, δ) certificate covers the
+    released model (Koloskova et al., ICML 2025; components/methods/certified.py)."""
+
+    epsilon: float = Field(16.0, gt=0, description="ε of the certificate (finite)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of the certificate")
+    steps: int = Field(100, ge=1, description="T: noisy clipped SGD steps on the retain set")
+    lr: float = Field(0.01, gt=0, description="η: the noisy steps' SGD step")
+    clip_norm: float = Field(1.0, gt=0, description="C1: each step's gradient is clipped to "
+                             "this L2 norm")
+    start_radius: float = Field(1.0, gt=0, description="C0: the start model is projected onto "
+                                "the ball of this L2 radius around a public initialisation")
+    batch_size: int = Field(128, ge=1, description="retain pairs per step (both phases)")
+    finish_steps: int = Field(800, ge=0, description="noiseless Adam steps on the retain set "
+                              "after the noisy ones (post-processing: the bound holds)")
+    finish_lr: float = Field(1e-3, gt=0, description="Adam step of the finishing phase")
+
+    @field_validator("epsilon")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("epsilon must be finite: ε = ∞ certifies nothing")
+        return v
+
+    @model_validator(mode="after")
+    def _calibrates(self) -> CertifiedParams:
+        """Refuse a budget no finite noise can certify, here rather than mid-job."""
+        from components.privacy import iteration_sigma  # privacy imports nothing from here
+
+        iteration_sigma(self.epsilon, self.delta, self.start_radius, self.lr, self.clip_norm,
+                        self.steps)
+        return self
+
+
 class UnlearnParams(Strict):
     method: str = "decouple"
     decouple: DecoupleParams = Field(default_factory=DecoupleParams)
@@ -276,6 +311,7 @@ class UnlearnParams(Strict):
     salun: SalunParams = Field(default_factory=SalunParams)
     scrub: ScrubParams = Field(default_factory=ScrubParams)
     retrain: RetrainParams = Field(default_factory=RetrainParams)
+    certified: CertifiedParams = Field(default_factory=CertifiedParams)
 
     @field_validator("method")
     @classmethod
@@ -283,11 +319,18 @@ class UnlearnParams(Strict):
         return _check_methods([v])[0]
 
 
+# Every audit figure lies in [0, 1] and the membership and OOD scores of a retrained model
+# sit near 0.5 (no signal): a tolerance above 0.5 accepts every value there, and an ASR
+# tolerance above 0.5 accepts a backdoor that still fires on most triggered inputs. Looser
+# than the gate's policy.yaml but within these bounds is possible, and promote says so.
+MAX_TOLERANCE = 0.5
+
+
 class ToleranceParams(Strict):
-    backdoor_asr: float = Field(0.05, ge=0)
-    mia_auc: float = Field(0.05, ge=0)
-    mia_efficacy: float = Field(0.1, ge=0)
-    ood_auroc: float = Field(0.1, ge=0)
+    backdoor_asr: float = Field(0.05, ge=0, le=MAX_TOLERANCE)
+    mia_auc: float = Field(0.05, ge=0, le=MAX_TOLERANCE)
+    mia_efficacy: float = Field(0.1, ge=0, le=MAX_TOLERANCE)
+    ood_auroc: float = Field(0.1, ge=0, le=MAX_TOLERANCE)
 
 
 class AbsoluteParams(Strict):
@@ -385,6 +428,10 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
         "threshold": "quantile", "quantile": 0.95, "stop": "mean"}}}},
     "decouple_no_ascent": {"method": "decouple",
                            "params": {"unlearn": {"decouple": {"max_steps": 0}}}},
+    # the certified mode's cost at three budgets
+    **{f"certified_eps{e}": {"method": "certified",
+                             "params": {"unlearn": {"certified": {"epsilon": float(e)}}}}
+       for e in (1, 4, 16)},
 }
 
 
@@ -392,7 +439,8 @@ class BenchmarkParams(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     methods: list[str] = Field(default_factory=lambda: [
         "decouple", "decouple_literal", "li2024", "gradient_ascent", "neggrad_plus",
-        "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain"])
+        "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain",
+        "certified_eps1", "certified_eps4", "certified_eps16"])
     parallel_jobs: int = Field(2, ge=1)
     scenarios: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_SCENARIOS))
     variants: dict[str, VariantParams] = Field(
@@ -449,6 +497,16 @@ class Params(Strict):
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     perf: PerfParams = Field(default_factory=PerfParams)
     families: FamiliesParams = Field(default_factory=FamiliesParams)
+
+    @model_validator(mode="after")
+    def _certifiable(self) -> Params:
+        """The certified mode noises every weight and restores them by fine-tuning; the
+        vqtoken tokenizer is out of reach of every unlearning objective (models/vqtoken.py),
+        so its weights would stay noise."""
+        if self.unlearn.method == "certified" and self.model.family == "vqtoken":
+            raise ValueError("unlearn.method certified cannot restore the vqtoken tokenizer "
+                             "after its noise (no I2I loss trains it): use ae, mae or diffusion")
+        return self
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

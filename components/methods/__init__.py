@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from components.methods import (
+    certified,
     decouple,
     finetune,
     gradient_ascent,
@@ -26,7 +27,7 @@ METHODS: dict[str, Method] = {
     for m in (
         decouple.METHOD, decouple.LITERAL, li2024.METHOD, gradient_ascent.METHOD,
         neggrad_plus.METHOD, random_encoder.METHOD, retain_label.METHOD, finetune.METHOD,
-        salun.METHOD, scrub.METHOD, retrain.METHOD,
+        salun.METHOD, scrub.METHOD, retrain.METHOD, certified.METHOD,
     )
 }
 
