@@ -9,6 +9,7 @@ import time
 
 from components.methods import get_method
 from components.methods.base import THRESHOLDS
+from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
@@ -55,7 +56,10 @@ def decouple() -> dict:
         save_model(MODEL_DIR / "decoupled.pt", state, params, shape, info)
         info.pop(THRESHOLDS, None)  # kept with the model, not in the report
         log_figures("", info)
+    # the model this record describes: register checks the chain of hashes down to the
+    # registered file before writing a certificate from this record
     report = {"method": method.name, **info, "forget_samples": len(forget),
+              "model_sha256": file_sha256(MODEL_DIR / "decoupled.pt"),
               "mlflow_run_id": run.info.run_id}
     write_json(REPORT_DIR / "decouple.json", report)
     print(f"[decouple] {method.name}: {info.get('steps', 0)} steps, "

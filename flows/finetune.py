@@ -9,6 +9,7 @@ import time
 
 from components.methods import get_method
 from components.methods.base import THRESHOLDS
+from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
@@ -43,7 +44,7 @@ def finetune() -> dict:
     with stage_run("finetune", params, SECTIONS, tags) as run:
         steps = params.unlearn.finetune.steps if method.retention else 0
         if steps == 0:
-            info = {"steps": 0, "train_seconds": 0.0, "stage_seconds": 0.0}
+            info = {"steps": 0, "train_seconds": 0.0, "stage_seconds": 0.0, "reads": []}
             state = decoupled
             print(f"[finetune] {method.name} retains on its own: no retention phase")
         else:
@@ -60,9 +61,15 @@ def finetune() -> dict:
                 run.info.run_id, init=decoupled, original=start, thresholds=lam,
             )
             info["stage_seconds"] = time.perf_counter() - t0
+            # what the retention read: the certificate covers the released model only if
+            # this is the retain set alone (components/certificate.py)
+            info["reads"] = [*parts] + (["start model"] if params.unlearn.finetune.distill > 0
+                                        else [])
         save_model(MODEL_DIR / "unlearned.pt", state, params, shape, info)
         log_figures("", info)
-    report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id}
+    report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id,
+              "init_sha256": file_sha256(MODEL_DIR / "decoupled.pt"),
+              "model_sha256": file_sha256(MODEL_DIR / "unlearned.pt")}
     write_json(REPORT_DIR / "finetune.json", report)
     return report
 

@@ -15,7 +15,8 @@ Two readings, both selectable (`unlearn.decouple.threshold`, `.stop`, and
   the planted backdoor in place (DESIGN.md §2.1a; reports/benchmark.md).
 
 Optional Gaussian noise on the released weights gives the (ε, δ) bound of
-components.privacy, with the step budget T as the sensitivity's step count.
+components.privacy, with the step budget T as the sensitivity's step count; the noise is
+drawn from the OS's entropy, and what was applied is recorded for the certificate.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import time
 import torch
 from torch import nn
 
+from components.certificate import ascent_record
 from components.methods.base import THRESHOLDS, Method, UnlearnData
 from components.models import loss_per_sample, parameter_group, unwrap
 from components.ood import decoupling_thresholds
 from components.params import DecoupleParams, Params
-from components.privacy import ascent_sensitivity, gaussian_sigma
+from components.privacy import ascent_sensitivity, gaussian_sigma, noise_generator
 from components.training import (
     JobContext,
     Precision,
@@ -54,7 +56,7 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
         model: the model to unlearn (possibly DDP-wrapped), on ctx.device; changed in place.
         data: forget / retain / held-out pairs and the frozen original.
         cfg: the decoupling block (threshold rule, stop rule, step, clip, budget, noise).
-        seed: seed of the batch order, the probe and the noise.
+        seed: seed of the batch order and the probe (the noise has its own, from the OS).
         ctx: the job context.
         retention_continues: the retention phase keeps pushing samples below their λ, so a
             spent budget is expected rather than a warning.
@@ -62,7 +64,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     Returns:
         lambda (mean λ), steps, reached (the stop rule was met), forget_loss (last probe),
         below (share of probe samples still under their λ), sigma (0 without noise),
-        train_seconds, and THRESHOLDS: the λ_i tensor the retention phase keeps.
+        train_seconds, `privacy` (with noise: what the certificate is written from), and
+        THRESHOLDS: the λ_i tensor the retention phase keeps.
     """
     t0 = time.perf_counter()
     inputs, targets = data.forget
@@ -117,19 +120,24 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
                 f"rule ({cfg.stop}) held: {below:.0%} of the probe is still below its λ "
                 f"(forget loss {probe_loss:.5f}, mean λ {figures['lambda']:.5f}); raise "
                 "unlearn.decouple.max_steps or lr")
-    sigma = add_noise(group, cfg, seed, ctx)
+    sigma = add_noise(group, cfg, ctx)
     seconds += time.perf_counter() - t0
     return {**figures, "steps": step, "reached": reached, "forget_loss": probe_loss,
-            "below": below, "sigma": sigma, "train_seconds": seconds, THRESHOLDS: lam}
+            "below": below, "sigma": sigma, "train_seconds": seconds,
+            **ascent_record(cfg, sigma, step), THRESHOLDS: lam}
 
 
-def add_noise(group: list[nn.Parameter], cfg: DecoupleParams, seed: int, ctx: JobContext) -> float:
-    """Add N(0, σ²) to the moved weights for the (ε, δ) bound; returns σ (0: no noise asked)."""
+def add_noise(group: list[nn.Parameter], cfg: DecoupleParams, ctx: JobContext) -> float:
+    """Add N(0, σ²) to the moved weights for the (ε, δ) bound; returns σ (0: no noise asked).
+
+    σ is the analytic Gaussian mechanism's for Δ = η·T·C with the budget T in force (the
+    steps taken depend on the forget set, so they cannot bound it). The generator's seed
+    comes from the OS, the same on every worker, and is never logged or saved."""
     if cfg.noise.epsilon is None:
         return 0.0
     sens = ascent_sensitivity(cfg.lr, cfg.max_steps, cfg.clip_norm)
     sigma = gaussian_sigma(cfg.noise.epsilon, cfg.noise.delta, sens)
-    gen = torch.Generator().manual_seed(seed + 1)  # identical noise on every worker
+    gen = noise_generator(ctx.device)
     with torch.no_grad():
         for p in group:
             p.add_(torch.randn(p.shape, generator=gen).to(p) * sigma)

@@ -1,13 +1,16 @@
 """Phase 1 of the seed method: λ calibration, the stop rules, clipping, noise, divergence."""
 
+import copy
 from dataclasses import replace
 
 import pytest
 import torch
+from scipy import stats
 
 from components.methods.decouple import decouple, decouple_literal
 from components.models import parameter_group
 from components.ood import heldout_quantile, nearest, never_seen_loss
+from components.privacy import gaussian_sigma
 from components.training import DivergenceError, JobContext, per_sample_loss
 from tests.model.conftest import tiny_params
 
@@ -114,15 +117,32 @@ def test_budget_exhausted_is_reported_loudly_when_nothing_continues(fresh, unlea
     assert any("WARNING" in line and "max_steps" in line for line in lines)
 
 
-def test_noise_is_calibrated_and_added(fresh, unlearn_data):
-    params = tiny_params(decouple={"lr": 0.01, "max_steps": 10, "clip_norm": 1.0,
-                                   "noise": {"epsilon": 1.0, "delta": 1e-5}})
-    before = [p.detach().clone() for p in fresh.parameters()]
-    info = decouple(fresh, unlearn_data, params, quiet())
-    # σ = η·T·C·sqrt(2 ln(1.25/δ))/ε with the budget T (not the steps taken)
-    assert info["sigma"] == pytest.approx(0.01 * 10 * 1.0 * 4.844806, rel=1e-5)
-    moved = torch.cat([(p - b).flatten() for p, b in zip(fresh.parameters(), before, strict=True)])
-    assert float(moved.detach().std()) == pytest.approx(info["sigma"], rel=0.2)  # noise dominates
+def flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_the_certificate_record_matches_the_noise_the_run_applied(trained, unlearn_data):
+    """The same ascent twice, without and with noise (the ascent itself is deterministic):
+    the difference is the noise alone, N(0, σ²) with the recorded σ; the ascent moved the
+    weights by at most the recorded Δ; and the same params give different noise."""
+    start = flat(trained[0])
+    runs = {}
+    for name, noise in (("plain", {}), ("noisy", {"epsilon": 1.0}), ("again", {"epsilon": 1.0})):
+        model = copy.deepcopy(trained[0])
+        params = tiny_params(decouple={"lr": 0.01, "max_steps": 10, "clip_norm": 1.0,
+                                       "noise": noise})
+        runs[name] = (decouple(model, unlearn_data, params, quiet()), flat(model))
+    record = runs["noisy"][0]["privacy"]
+    # Δ = η·T·C with the budget T, σ from the analytic Gaussian mechanism at (1, 1e-5)
+    assert record["sensitivity"] == pytest.approx(0.01 * 10 * 1.0)
+    assert record["sigma"] == pytest.approx(gaussian_sigma(1.0, 1e-5, 0.1))
+    assert record["steps"] == runs["plain"][0]["steps"] and record["budget"] == 10
+    assert float((runs["plain"][1] - start).norm()) <= record["sensitivity"] + 1e-6
+    noise = (runs["noisy"][1] - runs["plain"][1]).numpy()
+    assert noise.std() == pytest.approx(record["sigma"], rel=0.05)
+    assert abs(noise.mean()) < 4 * record["sigma"] / len(noise) ** 0.5
+    assert stats.kstest(noise / record["sigma"], "norm").pvalue > 1e-3
+    assert not torch.equal(runs["noisy"][1], runs["again"][1])  # fresh noise every run
 
 
 def test_divergence_is_detected(fresh, unlearn_data):
