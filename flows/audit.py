@@ -9,6 +9,7 @@ measures membership and not class difficulty (flows.common.eval_splits).
 from __future__ import annotations
 
 from components.audits import audit_model, eval_pairs
+from components.splits import file_sha256
 from components.verdict import audit_verdict
 from flows.common import (
     MODEL_DIR,
@@ -42,6 +43,8 @@ def audit() -> dict:
     chosen = eval_splits(load_splits(sets), params.audit.max_samples, params.seed)
     data = eval_pairs(eval_images({k: chosen[k] for k in AUDIT_SETS}, sets), spec)
     blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
+    # which files were judged: `register` refuses a model whose hash is not this one
+    hashes = {m: file_sha256(MODEL_DIR / f"{m}.pt") for m in MODELS}
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     with stage_run("audit", params, SECTIONS, {"forget_split_hash": split_hash}) as run:
         results = map_models(audit_model, blobs, (data, spec, params.backdoor.threshold), params)
@@ -49,7 +52,8 @@ def audit() -> dict:
             log_figures(name, figures)
         verdict = audit_verdict(results["unlearned"], results["retrained"], params.audit)
         log_figures("", {"audit_passed": int(verdict["passed"])})
-    report = {"models": results, "verdict": verdict,
+    report = {"models": results, "verdict": verdict, "sha256": hashes,
+              "audit_params": params.audit.model_dump(mode="json"),
               "samples": {k: len(v[0]) for k, v in data.items()}, "mlflow_run_id": run.info.run_id}
     write_json(REPORT_DIR / "audit.json", report)
     for name, f in results.items():

@@ -1,6 +1,11 @@
 """Stage `register`: log the unlearned model to MLflow, register a new version of
 `mlflow.model_name` and point the alias `candidate` at it. A reviewer promotes a candidate to
 `champion` only after its audit passed.
+
+It registers only the model the audit judged: models/unlearned.pt must hash to what
+reports/audit.json and reports/finetune.json recorded (stages run out of order are refused),
+and the certificate is written from the decoupling and retention records of that model. The
+artifact's hash is a version tag (`artifact.sha256`) that `unlearn promote` checks again.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ import mlflow
 import numpy as np
 
 from components.certificate import make_certificate
+from components.gate import provenance_problems
 from components.models import ServingModel, model_from_file
 from components.params import Params
 from components.splits import file_sha256
+from components.verdict import AUDITS
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
+    StageError,
     read_json,
     read_model_file,
     run_stage,
@@ -26,6 +34,7 @@ from flows.common import (
     stage_params,
     write_json,
 )
+from flows.gate import ARTIFACT_TAG
 from flows.tracking import client, log_figures, stage_run
 
 SECTIONS = ("unlearn", "mlflow")
@@ -35,13 +44,11 @@ QUALITY = ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retain_ssi
 
 
 def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
-                 lock_hash: str, requests: list[str]) -> dict:
+                 lock_hash: str, requests: list[str], certificate: dict) -> dict:
     """What a reviewer needs on the model version: flat figures for MLflow's UI and search,
     and JSON blocks (audit with its verdict, certificate, metrics) for `unlearn review`."""
     verdict = audit["verdict"]
     unlearned, reference = audit["models"]["unlearned"], audit["models"]["retrained"]
-    certificate = make_certificate(params.unlearn.decouple, split_hash, params.unlearn.method,
-                                   params.unlearn.finetune.keep_decoupled)
     return {
         "method": params.unlearn.method,
         "forget_split_hash": split_hash,
@@ -51,9 +58,12 @@ def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
         "audit.passed": str(verdict["passed"]).lower(),
         **{f"audit.{k}": f"{unlearned[k]:.4f}" for k in AUDIT_TAGS},
         **{f"reference.{k}": f"{reference[k]:.4f}" for k in AUDIT_TAGS},
-        "certificate.epsilon": str(certificate["epsilon"]),
-        "audit": json.dumps({**verdict, **{k: unlearned[k] for k in AUDIT_TAGS},
-                             "reference": {k: reference[k] for k in AUDIT_TAGS}}),
+        ARTIFACT_TAG: certificate["model_sha256"],
+        **{f"certificate.{k}": "none" if certificate[k] is None else str(certificate[k])
+           for k in ("epsilon", "delta", "covers", "mechanism")},
+        "audit": json.dumps({**verdict, **{k: unlearned[k] for k in AUDITS},
+                             "reference": {k: reference[k] for k in AUDITS},
+                             "sha256": audit["sha256"]["unlearned"]}),
         "certificate": json.dumps(certificate),
         "metrics": json.dumps({"retrain_gap": metrics["retrain_gap"],
                                "cost_ratio": metrics["cost_ratio"],
@@ -71,15 +81,22 @@ def register() -> dict:
     summary = read_json(SPLIT_DIR / "summary.json")
     lock = Path("dvc.lock")
     audit = read_json(REPORT_DIR / "audit.json")
+    decoupled, retained = read_json(REPORT_DIR / "decouple.json"), \
+        read_json(REPORT_DIR / "finetune.json")
+    sha = file_sha256(MODEL_DIR / "unlearned.pt")
+    problems = provenance_problems(sha, audit, decoupled, retained)
+    if problems:
+        raise StageError(f"refusing to register: {problems[0]}")
+    certificate = make_certificate(decoupled, retained, summary["hashes"]["forget"], sha)
     tags = version_tags(params, metrics, audit, summary["hashes"]["forget"],
                         file_sha256(lock) if lock.exists() else "none",
-                        summary.get("requests", []))
+                        summary.get("requests", []), certificate)
     name = params.mlflow.model_name
     run_tags = {k: v for k, v in tags.items() if k not in ("audit", "certificate", "metrics")}
     with stage_run("register", params, SECTIONS, run_tags) as run:
         log_figures("", {k: metrics[k] for k in ("retrain_gap", "cost_ratio")})
         log_figures("unlearned", metrics["unlearned"])
-        for report in ("metrics.json", "audit.json"):
+        for report in ("metrics.json", "audit.json", "decouple.json", "finetune.json"):
             mlflow.log_artifact(str(REPORT_DIR / report), "reports")
         # the plain weights file: a later cycle starts from it (flows/start.py), loaded with
         # torch.load(weights_only=True), never by unpickling code
@@ -98,7 +115,8 @@ def register() -> dict:
     verdict = "PASSED" if audit["verdict"]["passed"] else \
         f"FAILED ({', '.join(audit['verdict']['failed'])})"
     print(f"[register] {name} version {version.version} is now '{CANDIDATE}': audit {verdict}, "
-          f"retrain gap {metrics['retrain_gap']:.3f}. Review: unlearn review; promote: "
+          f"retrain gap {metrics['retrain_gap']:.3f}, certificate: {certificate['covers']} "
+          f"(ε = {certificate['epsilon']}). Review: unlearn review; promote: "
           f"unlearn promote --version {version.version}")
     return registered
 
