@@ -12,7 +12,8 @@
 The registered model is `mlflow.model_name` from params.yaml; MLflow is MLFLOW_TRACKING_URI
 or the project's mlflow.db. MLflow keeps no alias history, so every promotion is appended
 to the registered model as a tag `promotion.NNNN.<8 hex>` (who, when, why, from -> to, audit
-summary).
+summary, artifact hash). The gate's tolerances are policy.yaml's, not params.yaml's
+(components/policy.py); `promote` re-reads the version's artifacts first (flows/gate.py).
 """
 
 from __future__ import annotations
@@ -32,14 +33,21 @@ from rich.table import Table
 
 from components.ledger import LEDGER_DIR, PROMOTED, LedgerError, add_request, mark, read_ledger
 from components.params import ParamsError
+from components.policy import load_policy, looser_than
 from flows.common import SPLIT_DIR, stage_params
+from flows.gate import (
+    ARTIFACT_TAG,
+    PROMOTION_PREFIX,
+    champion_problems,
+    inspect_version,
+    promotions,
+)
 from flows.tracking import client, tracking_uri
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 forget_app = typer.Typer(help="Deletion requests: file them, list them.", no_args_is_help=True)
 app.add_typer(forget_app, name="forget")
 CANDIDATE, CHAMPION = "candidate", "champion"
-PROMOTION_PREFIX = "promotion."
 console = Console()
 
 
@@ -83,6 +91,7 @@ def describe(version: Any) -> dict:
         "dvc_lock_hash": tags.get("dvc_lock_hash"),
         "audit": audit,
         "certificate": json.loads(tags.get("certificate", "{}")),
+        "artifact_sha256": tags.get(ARTIFACT_TAG),
         "metrics": json.loads(tags.get("metrics", "{}")),
         "run_id": version.run_id,
         "run_url": f"{tracking_uri()} run {version.run_id}",
@@ -90,23 +99,43 @@ def describe(version: Any) -> dict:
     }
 
 
-def promotions(name: str) -> list[dict]:
-    tags = client().get_registered_model(name).tags
-    return [json.loads(tags[k]) for k in sorted(tags) if k.startswith(PROMOTION_PREFIX)]
+def gate_block(name: str, version: Any, role: str) -> dict:
+    """Whether the gate vouches for a version: its artifacts agree with its tags, and for
+    the champion, it got there through `unlearn promote` (flows/gate.py)."""
+    if role == CHAMPION:
+        problems = champion_problems(name, version)
+    else:
+        problems = inspect_version(version)["problems"]
+    return {"ok": not problems, "problems": problems}
+
+
+def _certificate_cell(cert: dict) -> str:
+    if not cert:
+        return ""
+    covers, eps = cert.get("covers", "none"), cert.get("epsilon")
+    if covers == "none":
+        return "none (ε = ∞)"
+    kind = "unlearning" if cert.get("start_radius") is not None else "ascent update only"
+    bound = f"ε = {eps}, δ = {cert.get('delta')}" if covers == "released model" else \
+        f"ε = ∞ (decoupled model: ε = {cert.get('decoupled', {}).get('epsilon')})"
+    return f"{covers}: {bound} ({kind})"
 
 
 @app.command()
 def review(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Candidate and champion side by side: method, audit vs the retrained reference,
-    certificate, metrics, MLflow run, and the promotion log."""
+    certificate, metrics, artifact hash, MLflow run, the promotion log, and a flag on a
+    version the gate cannot vouch for (e.g. a champion moved outside `unlearn promote`)."""
     name = model_name()
     try:
         client().get_registered_model(name)
     except MlflowException:
         fail(f"no registered model '{name}' at {tracking_uri()} (run `make demo` or `dvc repro`)")
     cand, champ = version_by_alias(name, CANDIDATE), version_by_alias(name, CHAMPION)
-    out = {"model": name, "candidate": describe(cand) if cand else None,
-           "champion": describe(champ) if champ else None, "promotions": promotions(name)}
+    out = {"model": name, "candidate": None, "champion": None, "promotions": promotions(name)}
+    for role, version in ((CANDIDATE, cand), (CHAMPION, champ)):
+        if version:
+            out[role] = {**describe(version), "gate": gate_block(name, version, role)}
     if as_json:
         print(json.dumps(out, indent=2, default=str))
         return
@@ -120,12 +149,18 @@ def review(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
              f"FAILED: {', '.join(b['audit'].get('failed', []))}")]
     for key in ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc"):
         rows.append((key, lambda b, k=key: _vs_reference(b["audit"], k)))
-    rows.append(("ε (certificate)", lambda b: str(b["certificate"].get("epsilon"))))
+    rows.append(("certificate", lambda b: _certificate_cell(b["certificate"])))
     rows.append(("retrain gap", lambda b: f"{b['metrics'].get('retrain_gap', float('nan')):.3f}"))
     rows.append(("forget split", lambda b: (b["forget_split_hash"] or "")[:12]))
+    rows.append(("artifact", lambda b: (b["artifact_sha256"] or "none")[:12]))
+    rows.append(("gate", lambda b: "ok" if b["gate"]["ok"] else "FLAGGED"))
     for label, get in rows:
         table.add_row(label, *(get(out[r]) if out[r] else "" for r in ("candidate", "champion")))
     console.print(table)
+    for role in (CANDIDATE, CHAMPION):
+        for problem in (out[role]["gate"]["problems"] if out[role] else []):
+            console.print(f"[bold red]FLAG:[/] {role} v{out[role]['version']}: {problem}",
+                          highlight=False)
     for entry in out["promotions"]:
         console.print(f"{entry['at']}  v{entry['from']} -> v{entry['to']}  by {entry['by']}"
                       + (f"  FORCED: {entry['reason']}" if entry.get("forced") else ""))
@@ -147,7 +182,9 @@ def promote(
     reason: Annotated[str | None, typer.Option("--reason", help="why (with --force)")] = None,
     by: Annotated[str | None, typer.Option("--by", help="who (default: the OS user)")] = None,
 ) -> None:
-    """Move the alias `champion` to VERSION, only if its audit passed (or --force --reason)."""
+    """Move the alias `champion` to VERSION, only if its artifact is the one its audit judged,
+    its audit passed, and it was audited under tolerances no looser than policy.yaml (the
+    last two can be overridden with --force --reason, recorded as forced)."""
     name = model_name()
     target = get_version(name, version)
     audit = json.loads(target.tags.get("audit", "{}"))
@@ -155,14 +192,29 @@ def promote(
         fail(f"version {version} carries no audit (it was not registered by the pipeline)")
     if force and not reason:
         fail("--force needs --reason \"...\": every override is recorded with why")
-    if not audit.get("passed") and not force:
-        figures = "; ".join(f"{k}: {c['rule']}" for k, c in audit["checks"].items()
+    try:
+        policy = load_policy()
+    except ParamsError as exc:
+        fail(str(exc))
+    # the artifacts, not the tags, are what is judged: a broken link is never overridable
+    checked = inspect_version(target)
+    if checked["problems"]:
+        fail(f"version {version} cannot be promoted: {checked['problems'][0]}")
+    verdict = checked["verdict"]
+    if not verdict["passed"] and not force:
+        figures = "; ".join(f"{k}: {c['rule']}" for k, c in verdict["checks"].items()
                             if not c["passed"])
         fail(f"version {version} failed its audit, refusing to promote ({figures}). "
              "Use --force --reason \"...\" to override.", code=1)
+    looser = looser_than(checked["audit_params"], policy)
+    if looser and not force:
+        fail(f"version {version} was audited under looser tolerances than policy.yaml "
+             f"({'; '.join(looser)}), refusing to promote. Audit it under the policy, or use "
+             "--force --reason \"...\" to override.", code=1)
     current = version_by_alias(name, CHAMPION)
     before = int(current.version) if current else None
-    if before == version:
+    # an alias moved there outside the gate is promoted again, so that the log vouches for it
+    if before == version and not champion_problems(name, current, checked):
         console.print(f"version {version} is already '{CHAMPION}'")
         return
     if not yes:
@@ -171,8 +223,9 @@ def promote(
         typer.confirm(f"Promote {name} v{version} to '{CHAMPION}' (was v{before})?", abort=True)
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "by": by or getpass.getuser(), "from": before, "to": version, "forced": force,
-             "reason": reason or "audit passed", "audit": {"passed": audit.get("passed"),
-                                                          "failed": audit.get("failed", [])}}
+             "reason": reason or "audit passed", "sha256": checked["sha256"],
+             "audit": {"passed": verdict["passed"], "failed": verdict["failed"],
+                       "looser_than_policy": looser}}
     # a random suffix keeps two promotions racing each other from writing the same key
     # (MLflow has no compare-and-set): the log stays append-only, ordered by its number
     log_key = f"{PROMOTION_PREFIX}{len(promotions(name)) + 1:04d}.{uuid.uuid4().hex[:8]}"

@@ -10,7 +10,9 @@ the ledger in, `dvc pull`s the last outputs, runs `dvc repro` (from the champion
 branch and pushes it back, and only then marks the requests `unlearned` with the new model
 version. If any step fails, the version it registered is deleted and `candidate` goes back to
 where it was: the ledger and the registry are as before, and the cycle can simply run again.
-One cycle at a time: a second one refuses while the first holds the lock.
+One cycle at a time: a second one refuses while the first holds the lock. A cycle refuses
+to start from a champion the gate cannot vouch for (moved outside `unlearn promote`, a tag
+edited, an artifact replaced: flows/gate.py), naming the version.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from components.ledger import LEDGER_DIR, REQUESTS, STATUS, UNLEARNED, mark, pending, read_ledger
 from components.params import Params
 from flows.common import StageError, stage_flow, stage_params
+from flows.gate import champion_problems
 from flows.start import CHECKPOINT_ARTIFACT, START_FILE
 from flows.tracking import client, setup, tracking_uri
 
@@ -157,6 +160,22 @@ def undo_registration(params: Params, version: int | None, before: int | None) -
     print(f"[cycle] undone: version {version} deleted, '{CANDIDATE}' back on {before}")
 
 
+def check_champion(params: Params) -> None:
+    """Refuse, before anything is cloned, to start from a champion that did not pass the gate."""
+    if params.schedule.start_from != "champion":
+        return
+    name = params.mlflow.model_name
+    try:
+        champ = client().get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # no registered model or no champion: the cycle starts from the original
+        return
+    problems = champion_problems(name, champ)
+    if problems:
+        raise StageError(f"refusing to start a cycle from champion v{champ.version} of {name}: "
+                         f"{problems[0]}; promote a version with `unlearn promote`, or set "
+                         "schedule.start_from: original")
+
+
 def alias_version(name: str, alias: str) -> int | None:
     try:
         return int(client().get_model_version_by_alias(name, alias).version)
@@ -174,6 +193,7 @@ def unlearning_cycle(root: str = ".") -> dict:
     if not todo:
         print("[cycle] no pending deletion requests: nothing to do")
         return {"status": "idle", "requests": []}
+    check_champion(params)
     workdir = (root_path / params.schedule.workdir).resolve()
     with cycle_lock(workdir):
         return _run(params, root_path, workdir, [r.request_id for r in todo])

@@ -18,6 +18,7 @@ import mlflow
 import torch
 
 from components.ledger import LEDGER_DIR
+from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
     StageError,
@@ -27,10 +28,11 @@ from flows.common import (
     stage_flow,
     stage_params,
 )
+from flows.gate import ARTIFACT_TAG, CHECKPOINT_ARTIFACT
 from flows.tracking import client, tracking_uri
 
 START_FILE = LEDGER_DIR / "start.json"
-CHECKPOINT_ARTIFACT = "checkpoint/unlearned.pt"
+__all__ = ["CHECKPOINT_ARTIFACT", "START_FILE", "champion_weights", "start"]
 
 
 def champion_weights(model_name: str, spec: dict) -> dict:
@@ -43,6 +45,11 @@ def champion_weights(model_name: str, spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=spec["run_id"],
                                                    artifact_path=CHECKPOINT_ARTIFACT, dst_path=tmp)
+        # the weights the gate promoted, not whatever the artifact store holds now
+        if version.tags.get(ARTIFACT_TAG) != file_sha256(path):
+            raise StageError(f"{CHECKPOINT_ARTIFACT} of {model_name} v{spec['version']} is not "
+                             f"the registered file (its {ARTIFACT_TAG} tag: "
+                             f"{version.tags.get(ARTIFACT_TAG, 'none')[:12]})")
         return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -149,6 +149,11 @@ def make_workspace(root: Path, env_extra: dict[str, str],
     params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     params = deep_update(params, params_update or {})
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the workspace's reviewed policy is its audit block (tests/flows/test_gate.py holds a
+    # version to the committed policy.yaml)
+    policy = yaml.safe_load((REPO / "policy.yaml").read_text())
+    policy = deep_update(policy, {k: v for k, v in params["audit"].items() if k in policy})
+    (ws / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     env = {**os.environ, **QUIET_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own mlflow.db unless env_extra says
     env.update(env_extra)
