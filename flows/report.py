@@ -1,19 +1,23 @@
 """`unlearn report`: reports/report.html for the last pipeline run, also logged to MLflow.
 
 Image grids (inputs and the original, unlearned and retrained outputs on forget, retain and
-triggered inputs), the audit table with the verdict, and per-sample loss histograms.
+triggered inputs), the audit table with the verdict, the (ε, δ) certificate (what it covers,
+in words), and per-sample loss histograms.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import mlflow
 import torch
 
 from components.audits import eval_pairs
+from components.certificate import make_certificate
 from components.models import model_from_file
 from components.report_html import histogram_png, img_tag, render_page, table, to_png
+from components.splits import file_sha256
 from components.training import per_sample_loss, predict
 from flows.common import (
     MODEL_DIR,
@@ -65,6 +69,15 @@ def _audit_table(audit: dict, verdict: dict) -> str:
             f"(against the {verdict.get('against', '?')} reference)</p>" + table(head, rows))
 
 
+def _certificate(split_hash: str) -> str:
+    cert = make_certificate(read_json(REPORT_DIR / "decouple.json"),
+                            read_json(REPORT_DIR / "finetune.json"), split_hash,
+                            file_sha256(MODEL_DIR / "unlearned.pt"))
+    rows = [[k, html.escape(str(cert[k]))] for k in
+            ("covers", "epsilon", "delta", "mechanism", "relation", "sigma", "model_sha256")]
+    return f"<p>{html.escape(cert['statement'])}</p>" + table(["", "certificate"], rows)
+
+
 def write_report(out: Path) -> Path:
     """Build the page from the pipeline's outputs and write it to `out`.
 
@@ -81,6 +94,7 @@ def write_report(out: Path) -> Path:
     metrics = read_json(REPORT_DIR / "metrics.json")
     losses = {m: {s: per_sample_loss(model, *data[s], CPU).numpy()
                   for s in ("forget", "retain", "heldout")} for m, model in models.items()}
+    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     quality = [[k, *(f"{metrics[m][k]:.3f}" for m in MODELS)]
                for k in ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retrain_gap")]
     page = render_page(
@@ -88,6 +102,7 @@ def write_report(out: Path) -> Path:
         [("Audit", _audit_table(audit, audit.get("verdict", {}))),
          ("Quality", table(["metric", *MODELS], quality)
           + f"<p>cost ratio (unlearning / retraining compute): {metrics['cost_ratio']:.3f}</p>"),
+         ("Certificate", _certificate(split_hash)),
          ("Outputs", _grids(models, data)),
          ("Per-sample losses", "<p>forget vs retain vs held-out; after unlearning the forget "
           "curve should sit where the retrained model puts it.</p>"
@@ -95,7 +110,6 @@ def write_report(out: Path) -> Path:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     with stage_run("report", params, ("unlearn",), {"forget_split_hash": split_hash}):
         mlflow.log_artifact(str(out))
     return out
