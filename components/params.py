@@ -288,15 +288,6 @@ class CertifiedParams(Strict):
             raise ValueError("epsilon must be finite: ε = ∞ certifies nothing")
         return v
 
-    @model_validator(mode="after")
-    def _calibrates(self) -> CertifiedParams:
-        """Refuse a budget no finite noise can certify, here rather than mid-job."""
-        from components.privacy import iteration_sigma  # privacy imports nothing from here
-
-        iteration_sigma(self.epsilon, self.delta, self.start_radius, self.lr, self.clip_norm,
-                        self.steps)
-        return self
-
 
 class UnlearnParams(Strict):
     method: str = "decouple"

@@ -79,7 +79,7 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
         σ (0 when Δ = 0: nothing to hide).
 
     Raises:
-        ValueError: for ε, δ out of range, or a σ that no float can hold.
+        ValueError: for ε, δ or Δ out of range.
     """
     _check_budget(epsilon, delta)
     if sensitivity < 0:
@@ -87,10 +87,8 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
     if sensitivity == 0:
         return 0.0
     lo, hi = 0.0, sensitivity
-    while gaussian_delta(epsilon, hi, sensitivity) > delta:
+    while gaussian_delta(epsilon, hi, sensitivity) > delta:  # δ -> 0 as σ grows, for any ε
         lo, hi = hi, 2 * hi
-        if not math.isfinite(hi) or hi > 1e300:
-            raise ValueError(f"no finite σ gives (ε={epsilon:g}, δ={delta:g})")
     for _ in range(200):  # to float precision: hi is always a valid σ
         mid = (lo + hi) / 2
         if mid in (lo, hi):
@@ -125,7 +123,8 @@ def rdp_to_dp(rho: float, delta: float) -> float:
             hi = b
         else:
             lo = a
-    return float(min(values[best], eps((lo + hi) / 2)))
+    # for α·δ > 1 the bound dips below 0: a distance-0 pair is (0, δ)-close anyway
+    return max(0.0, float(min(values[best], eps((lo + hi) / 2))))
 
 
 def iteration_rdp(start_radius: float, lr: float, clip_norm: float, steps: int,
@@ -160,6 +159,9 @@ def iteration_sigma(epsilon: float, delta: float, start_radius: float, lr: float
 
     Returns:
         σ: the largest ρ with rdp_to_dp(ρ, δ) ≤ ε, turned into σ = shift / sqrt(2·T·ρ).
+
+    Raises:
+        ValueError: for ε, δ out of range or T < 1.
     """
     _check_budget(epsilon, delta)
     if steps < 1:
@@ -167,14 +169,12 @@ def iteration_sigma(epsilon: float, delta: float, start_radius: float, lr: float
     lo, hi = 0.0, 1.0
     while rdp_to_dp(hi, delta) <= epsilon:
         lo, hi = hi, 2 * hi
-    for _ in range(100):
+    for _ in range(100):  # lo > 0 after it: rdp_to_dp(ρ) is 0 for ρ small enough
         mid = (lo + hi) / 2
         if rdp_to_dp(mid, delta) <= epsilon:
             lo = mid
         else:
             hi = mid
-    if lo <= 0:
-        raise ValueError(f"no finite σ gives (ε={epsilon:g}, δ={delta:g})")
     shift = 2 * start_radius + 2 * lr * steps * clip_norm
     return shift / math.sqrt(2 * steps * lo)
 

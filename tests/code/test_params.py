@@ -40,6 +40,17 @@ def test_privacy_budget_out_of_range_is_refused(noise):
         parse_params({"unlearn": {"decouple": {"noise": noise}}})
 
 
+@pytest.mark.parametrize("unlearn,message", [
+    ({"decouple": {"noise": {"epsilon": float("inf")}}}, "unlearn.decouple.noise.epsilon"),
+    ({"certified": {"epsilon": float("inf")}}, "ε = ∞ certifies nothing"),
+    ({"certified": {"delta": 1.0}}, "unlearn.certified.delta"),
+    ({"method": "certified"}, "cannot restore the vqtoken tokenizer"),
+])
+def test_settings_that_cannot_be_certified_are_refused(unlearn, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params({"unlearn": unlearn, "model": {"family": "vqtoken"}})
+
+
 def test_unknown_method_lists_known_ones_and_suggests():
     with pytest.raises(ParamsError) as exc:
         parse_params({"unlearn": {"method": "decoupel"}})

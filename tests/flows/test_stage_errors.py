@@ -24,6 +24,9 @@ def set_params(ws, **sections):
     ({"forget__classes": list(range(10))}, "the forget set is the whole training set"),
     ({"forget__claases": [3]}, "unknown key 'forget.claases' (did you mean 'forget.classes'?)"),
     ({"unlearn__method": "magic"}, "unknown method"),
+    # a bound that cannot be certified: refused before anything runs
+    ({"unlearn__certified": {"epsilon": float("inf")}},
+     "'unlearn.certified.epsilon': Value error, epsilon must be finite"),
     ({"data__dataset": "fashion-mnist", "data__path": "/nonexistent"},
      "Fashion-MNIST directory not found: /nonexistent"),
 ])
