@@ -28,7 +28,8 @@ def unchanged(before, params):
 
 def test_registry_lists_every_method_with_one_params_block():
     expected = {"decouple", "decouple_literal", "li2024", "gradient_ascent", "neggrad_plus",
-                "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain"}
+                "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain",
+                "certified"}
     assert set(METHODS) == expected
     blocks = tiny_params().unlearn.model_dump()
     assert expected - {"finetune"} <= blocks.keys() and "finetune" in blocks
