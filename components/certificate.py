@@ -72,8 +72,8 @@ def make_certificate(decouple: dict, finetune: dict, forget_split_hash: str,
             "sensitivity": None, "start_radius": None, "mechanism": None, "relation": None,
             "decoupled": None}
     if not record:
-        why = "it ran without noise (unlearn.decouple.noise.epsilon is null)" \
-            if method.startswith("decouple") else "it adds no calibrated noise"
+        why = "ran without noise (unlearn.decouple.noise.epsilon is null)" \
+            if method.startswith("decouple") else "adds no calibrated noise"
         return {**base, "covers": NONE, "epsilon": NO_BOUND, "delta": None,
                 "statement": f"No (ε, δ) bound is claimed for {RELEASED_FILE}: method "
                              f"'{method}' {why}, so ε = ∞."}

@@ -81,6 +81,9 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     assert {"backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc"} <= audit.keys()
     assert audit["reference"]["backdoor_asr"] == metrics["retrained"]["backdoor_asr"]
     assert first["candidate"]["certificate"]["epsilon"] == "inf"
+    assert first["candidate"]["certificate"]["covers"] == "none"
+    assert first["candidate"]["artifact_sha256"] == version.tags["artifact.sha256"]
+    assert first["candidate"]["gate"]["ok"]
     run(["unlearn", "promote", "--version", "1", "--yes", "--by", "ci"], ws, env)
     assert review(ws, env)["champion"]["version"] == 1
 
@@ -89,6 +92,7 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     page = (ws / "reports/report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 * 4 + 1  # 3 grids x (input + 3 models)
     assert "Verdict: <span class='pass'>PASS</span>" in page and "src=\"http" not in page
+    assert "No (ε, δ) bound is claimed for models/unlearned.pt" in page
     report_runs = client.search_runs([runs[0].info.experiment_id], "tags.stage = 'report'")
     assert client.list_artifacts(report_runs[0].info.run_id)[0].path == "report.html"
 
