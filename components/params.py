@@ -513,6 +513,8 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def _describe(err: dict) -> str:
     loc = tuple(err["loc"])
+    if not loc:  # a rule across sections (Params' own validators) names its keys itself
+        return err["msg"].removeprefix("Value error, ")
     dotted = ".".join(str(p) for p in loc)
     if err["type"] == "extra_forbidden":
         known = _known_keys(Params, loc[:-1])

@@ -76,6 +76,11 @@ def inspect_version(version: Any) -> dict:
             return out
         out["sha256"] = file_sha256(checkpoint)
         audit = json.loads(audit_file.read_text())
+    missing = [k for k in ("models", "verdict", "sha256", "audit_params") if k not in audit]
+    if missing:
+        out["problems"].append(f"its {AUDIT_ARTIFACT} records no {', '.join(missing)} "
+                               "(written before the gate existed)")
+        return out
     if out["sha256"] != expected:
         out["problems"].append(f"its {CHECKPOINT_ARTIFACT} hashes to {out['sha256'][:12]}, not "
                                f"to the registered {expected[:12]} (artifact replaced)")
