@@ -103,8 +103,8 @@ def gaussian_sigma(epsilon: float, delta: float, sensitivity: float) -> float:
 def rdp_to_dp(rho: float, delta: float) -> float:
     """ε of a mechanism whose Rényi divergence of every order α is at most α·ρ, at δ.
 
-    Uses ε = D_α + log((α-1)/α) - (log δ + log α)/(α-1) (Balle et al., AISTATS 2020,
-    Theorem 21; Canonne, Kamath & Steinke 2020, Proposition 12), minimised over α.
+    Uses ε = D_α + log((α-1)/α) - (log δ + log α)/(α-1) (Balle et al., AISTATS 2020; Canonne,
+    Kamath & Steinke, NeurIPS 2020), minimised over α.
     """
     if rho <= 0:
         return 0.0
