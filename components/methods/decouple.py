@@ -31,6 +31,7 @@ from components.ood import decoupling_thresholds
 from components.params import DecoupleParams, Params
 from components.privacy import ascent_sensitivity, gaussian_sigma
 from components.training import (
+    DeviceData,
     JobContext,
     Precision,
     check_finite,
@@ -62,7 +63,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     Returns:
         lambda (mean λ), steps, reached (the stop rule was met), forget_loss (last probe),
         below (share of probe samples still under their λ), sigma (0 without noise),
-        train_seconds, and THRESHOLDS: the λ_i tensor the retention phase keeps.
+        train_seconds, data_seconds (of those, getting batches to the device), and
+        THRESHOLDS: the λ_i tensor the retention phase keeps.
     """
     t0 = time.perf_counter()
     inputs, targets = data.forget
@@ -81,6 +83,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     for _ in range(step):
         next(batches)
     model.train()
+    pairs = DeviceData((inputs, targets, lam), ctx)
+    batches = pairs.batches(batches)
     hint = "lower unlearn.decouple.lr or unlearn.decouple.clip_norm"
     reached, probe_loss, below = False, float("nan"), 1.0
     while True:
@@ -91,12 +95,11 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
             reached = probe_loss >= float(lam[probe].mean()) if cfg.stop == "mean" else below == 0
         if reached or step >= cfg.max_steps:
             break
-        idx = next(batches)
+        x, y, lam_batch = next(batches)
         with precision.autocast():
-            per_sample = loss_per_sample(model, inputs[idx].to(ctx.device),
-                                         targets[idx].to(ctx.device))
+            per_sample = loss_per_sample(model, x, y)
         if cfg.stop == "sample":  # samples already at their λ_i leave the ascent
-            per_sample = per_sample * (per_sample.detach() < lam[idx].to(ctx.device))
+            per_sample = per_sample * (per_sample.detach() < lam_batch)
         precision.step(-per_sample.mean(), opt, clip=(group, cfg.clip_norm))
         step += 1
         if step % ctx.checkpoint_every == 0:
@@ -120,7 +123,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     sigma = add_noise(group, cfg, seed, ctx)
     seconds += time.perf_counter() - t0
     return {**figures, "steps": step, "reached": reached, "forget_loss": probe_loss,
-            "below": below, "sigma": sigma, "train_seconds": seconds, THRESHOLDS: lam}
+            "below": below, "sigma": sigma, "train_seconds": seconds,
+            "data_seconds": pairs.seconds, THRESHOLDS: lam}
 
 
 def add_noise(group: list[nn.Parameter], cfg: DecoupleParams, seed: int, ctx: JobContext) -> float:
