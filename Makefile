@@ -11,8 +11,8 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST := $(BIN)/python -m pytest
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup data demo test test-slow benchmark ablation bench-perf lint clean \
-	services-up services-down check-infra test-ops test-faults test-cluster families
+.PHONY: setup data demo test test-slow benchmark ablation bench-perf bench-gpu gpu-bundle lint \
+	clean services-up services-down check-infra test-ops test-faults test-cluster families
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,20 @@ families: setup data
 # orchestration overhead, unlearning vs retraining cost, scaling -> reports/perf.{json,md,png}
 bench-perf: setup data
 	python -m flows.perf
+
+# the components' loops on this machine's device (CUDA when present, else a tiny CPU run):
+# images/s, peak memory, data-wait share per family -> reports/gpu.{json,md}
+bench-gpu: setup
+	python -m flows.bench_gpu $(if $(BUDGET),--budget $(BUDGET))
+
+# gpu/ (ignored): the pydantic wheels, at requirements.lock's versions, that a GPU machine
+# with Python 3.12 and torch but no pydantic needs to run bench-gpu (README: GPU benchmark)
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions
+gpu-bundle:
+	mkdir -p gpu/whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_17_x86_64 --dest gpu/whl \
+	  $(foreach w,$(GPU_WHEELS),$(shell grep -i '^$(w)==' requirements.lock))
 
 # pytest exits 5 when it collected no test: that is a failure here, never a pass
 test: setup data

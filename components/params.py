@@ -355,6 +355,7 @@ class RayParams(Strict):
     address: str | None = None
     num_workers: int = Field(1, ge=1)
     use_gpu: Literal["auto", True, False] = "auto"
+    data_on_device: Literal["auto", True, False] = "auto"
     cpus_per_worker: float | None = Field(None, gt=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     storage_path: str = ".ray_results"

@@ -25,7 +25,7 @@ from torch import nn
 
 from components.models import distill_per_sample, loss_per_sample, parameter_group, unwrap
 from components.params import FinetuneParams
-from components.training import JobContext, Precision, check_finite, endless_batches, global_mean
+from components.training import FiniteWatch, JobContext, Precision, endless_batches, global_mean
 
 
 def undone_share(losses: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,8 @@ def retain_knowledge(
         if keep:
             next(f_batches)
     model.train()
-    loss, below = torch.zeros(()), 0.0
+    finite = FiniteWatch("knowledge retention", "lower unlearn.finetune.lr")
+    loss, below, below_now = torch.zeros(()), 0.0, torch.zeros(())
     t0 = time.perf_counter()
     while step < cfg.steps:
         idx = next(batches)
@@ -99,11 +100,13 @@ def retain_knowledge(
                 f_loss = loss_per_sample(model, forget[0][j].to(ctx.device),
                                          forget[1][j].to(ctx.device))
                 loss = loss + cfg.keep_decoupled * undone_share(f_loss, lam)
-                below = float((f_loss.detach() < lam).float().mean())
-        check_finite(loss, "knowledge retention", step, "lower unlearn.finetune.lr")
+                below_now = (f_loss.detach() < lam).float().mean()  # read at the report
+        finite.see(loss, step)
         precision.step(loss, opt)
         step += 1
         if step % ctx.checkpoint_every == 0 or step == cfg.steps:
+            finite.check()  # before the state is reported, and so before it can be saved
+            below = float(below_now) if keep else below
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             mean = global_mean(loss.detach())

@@ -26,9 +26,12 @@ class TaskSpec:
     pattern_cell: int = 4
 
 
-def task_mask(task: str, height: int, width: int, spec: TaskSpec) -> torch.Tensor:
-    """1 where the model sees the input, 0 where T(.) blanks it; shape (H, W)."""
-    mask = torch.ones(height, width)
+def task_mask(task: str, height: int, width: int, spec: TaskSpec,
+              device: torch.device | None = None, dtype: torch.dtype | None = None
+              ) -> torch.Tensor:
+    """1 where the model sees the input, 0 where T(.) blanks it; shape (H, W), on `device`
+    (default: the host) so that it can meet images already on a GPU."""
+    mask = torch.ones(height, width, device=device, dtype=dtype)
     if task == "inpaint":
         bh, bw = max(1, round(height * spec.inpaint_box)), max(1, round(width * spec.inpaint_box))
         top, left = (height - bh) // 2, (width - bw) // 2
@@ -79,6 +82,7 @@ def build_pairs(
 
 
 def apply_task(images: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
-    """T(images): blank what the task hides (multiplies by the task mask)."""
+    """T(images): blank what the task hides (multiplies by the task mask, made where the
+    images are: li2024 applies T to noise drawn on the job's device)."""
     _, _, h, w = images.shape
-    return images * task_mask(spec.task, h, w, spec)
+    return images * task_mask(spec.task, h, w, spec, images.device, images.dtype)

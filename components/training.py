@@ -24,6 +24,22 @@ from components.models.base import sample_losses as sample_losses  # re-exported
 from components.params import TrainParams
 
 PROGRESS_LINES = 10  # a long training prints about this many epoch lines
+# pairs per forward in evaluation (losses, outputs, embeddings): what an eval pass holds at
+# once, whatever the size of the set it scores
+EVAL_BATCH = 512
+# share of the device's free memory a loop's pairs may take to be put there whole (the rest
+# is for the model, its optimizer and activations): 8,000 RGB 64x64 pairs are 0.8 GB
+DATA_ON_DEVICE_SHARE = 0.25
+
+# TF32 for float32 matmuls on CUDA (no effect on a CPU, whose figures are the project's
+# reference). PyTorch already runs float32 convolutions in TF32 on CUDA by default
+# (cudnn.allow_tf32); this extends it to the linear and attention layers. Training runs
+# under bf16 autocast (8 mantissa bits) anyway, so TF32 (10 bits) only reaches what runs in
+# float32 outside it, evaluation: products rounded to 2**-11 move a per-sample loss by about
+# 1e-3 of itself, far below the audits' tolerances (0.05 of an AUC); `make bench-gpu`
+# measures the audits with and without it. It gave 1.16x on an H200 (issue 21). vqtoken's
+# code assignment keeps full float32 (near ties would flip codes).
+torch.backends.cuda.matmul.allow_tf32 = True
 
 
 class DivergenceError(RuntimeError):
@@ -45,7 +61,11 @@ class JobContext:
         report: called with (metrics, state or None); a state is to be checkpointed during
             the call (it shares storage with the live model, so it changes afterwards).
         log: where progress lines go (only rank 0 prints).
-        checkpoint_every: steps between checkpoints in step-based loops.
+        checkpoint_every: steps between checkpoints in step-based loops (also the cadence
+            at which they check their losses are finite: see FiniteWatch).
+        data_on_device: put a loop's pairs on the device whole (True), gather each batch on
+            the host (False), or decide by size (None: on a CUDA device when they take at
+            most DATA_ON_DEVICE_SHARE of its free memory; params: ray.data_on_device).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -55,6 +75,7 @@ class JobContext:
     report: Callable[[dict, dict | None], None] = _no_report
     log: Callable[[str], None] = print
     checkpoint_every: int = 50
+    data_on_device: bool | None = None
 
     def say(self, line: str) -> None:
         if self.rank == 0:
@@ -92,9 +113,92 @@ def endless_batches(
         epoch += 1
 
 
+class DeviceData:
+    """The pairs (and per-pair values) a loop draws its batches from, kept where a batch is
+    quickest to reach the device, and the time the loop spent getting them.
+
+    - On the device whole when ctx.data_on_device says so: a batch is a gather there (the
+      ae trained 1.75x faster on an H200 than from batches copied from host tensors,
+      issue 21).
+    - Else, on CUDA: each batch gathered on the host into pinned memory and copied on a
+      side stream, one batch ahead, so that the copy of batch k+1 overlaps step k and the
+      host never waits for the device.
+    - Elsewhere (the CPU): `t[idx].to(device)`, as the loops always did.
+
+    Args:
+        tensors: CPU tensors of equal length (inputs, targets, λ ...).
+        ctx: the job context (device and data_on_device).
+
+    Attributes:
+        seconds: host time spent in getting batches so far (gathers, copies, waits).
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], ctx: JobContext):
+        self.device = ctx.device
+        cuda = self.device.type == "cuda"
+        on_device = ctx.data_on_device
+        if on_device is None:
+            on_device = cuda and fits_on_device(tensors, self.device)
+        self.tensors = tuple(t.to(self.device) for t in tensors) if on_device else tensors
+        self.on_device, self.pinned = on_device, cuda and not on_device
+        self.seconds = 0.0
+
+    def batches(self, indices: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The rows of each index batch (CPU index tensors) of every tensor, on the device."""
+        if self.pinned:
+            yield from self._prefetched(indices)
+            return
+        for idx in indices:
+            t0 = time.perf_counter()
+            if self.on_device:
+                idx = idx.to(self.device, non_blocking=self.device.type == "cuda")
+                batch = tuple(t[idx] for t in self.tensors)
+            else:
+                batch = tuple(t[idx].to(self.device) for t in self.tensors)
+            self.seconds += time.perf_counter() - t0
+            yield batch
+
+    def _prefetched(self, indices: Iterator[torch.Tensor]
+                    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        stream = torch.cuda.Stream(self.device)
+        pending = None
+        for idx in indices:
+            t0 = time.perf_counter()
+            with torch.cuda.stream(stream):  # batch k+1 copies while step k runs
+                copied = tuple(
+                    torch.index_select(t, 0, idx, out=torch.empty(
+                        (len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True))
+                    .to(self.device, non_blocking=True) for t in self.tensors)
+            ready, pending = pending, (copied, torch.cuda.Event())
+            pending[1].record(stream)
+            self.seconds += time.perf_counter() - t0
+            if ready is not None:
+                yield self._use(*ready)
+        if pending is not None:
+            yield self._use(*pending)
+
+    @staticmethod
+    def _use(batch: tuple[torch.Tensor, ...], copied: torch.cuda.Event
+             ) -> tuple[torch.Tensor, ...]:
+        """The batch for the compute stream: it waits for the copy, and the allocator keeps
+        the memory (made on the side stream) until the compute stream is done with it."""
+        current = torch.cuda.current_stream()
+        current.wait_event(copied)
+        for t in batch:
+            t.record_stream(current)
+        return batch
+
+
+def fits_on_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> bool:
+    """Whether the tensors take at most DATA_ON_DEVICE_SHARE of the CUDA device's free
+    memory."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) <= DATA_ON_DEVICE_SHARE * free
+
+
 @torch.no_grad()
 def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device,
-            batch_size: int = 512) -> torch.Tensor:
+            batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """The model family's generated images for `inputs`, in eval mode, on the CPU."""
     was_training = model.training
     model.eval()
@@ -106,7 +210,7 @@ def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device,
 
 @torch.no_grad()
 def per_sample_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                    device: torch.device, batch_size: int = 512) -> torch.Tensor:
+                    device: torch.device, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """The model family's loss of every pair, in eval mode (CPU tensor of shape (N,))."""
     was_training = model.training
     model.eval()
@@ -177,6 +281,37 @@ def check_finite(loss: torch.Tensor, what: str, step: int, hint: str) -> None:
         raise DivergenceError(f"{what} diverged at step {step}: loss = {value}; {hint}")
 
 
+class FiniteWatch:
+    """check_finite for step loops without a host sync per step: `see` notes, on the loss's
+    device, the first step whose loss is NaN or infinite; `check` (one sync) raises the
+    DivergenceError check_finite would have raised at that step. A loop checks before each
+    report, so a diverged model is never checkpointed, returned or saved, as when every step
+    was checked (`float(loss)` each step stalled the GPU's queue, issue 21).
+
+    Args:
+        what, hint: as for check_finite.
+    """
+
+    def __init__(self, what: str, hint: str):
+        self.what, self.hint = what, hint
+        self.step: torch.Tensor | None = None  # first bad step (-1: none), on the device
+        self.loss: torch.Tensor | None = None  # its loss
+
+    def see(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().float()
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.long, device=value.device)
+            self.loss = torch.zeros((), device=value.device)
+        first = ~torch.isfinite(value) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, value, self.loss)
+
+    def check(self) -> None:
+        if self.step is not None and int(self.step) >= 0:
+            raise DivergenceError(f"{self.what} diverged at step {int(self.step)}: loss = "
+                                  f"{float(self.loss)}; {self.hint}")
+
+
 def train_model(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -199,7 +334,8 @@ def train_model(
         label: name used in progress lines.
 
     Returns:
-        {"epochs", "final_loss", "train_seconds"}.
+        {"epochs", "final_loss", "train_seconds", "data_seconds" (of those, the host's time
+        getting batches to the device, in this run)}.
     """
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     precision = Precision(ctx.device)
@@ -210,18 +346,19 @@ def train_model(
         start_epoch, seconds = ctx.resume["epoch"] + 1, ctx.resume["train_seconds"]
         ctx.say(f"[{label}] resuming after epoch {start_epoch}")
     model.train()
+    pairs = DeviceData((inputs, targets), ctx)
     loss_mean = float("nan")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         total, count = torch.zeros((), device=ctx.device), 0
-        for idx in shard_batches(len(inputs), cfg.batch_size, gen, ctx.rank, ctx.world_size):
-            x, y = inputs[idx].to(ctx.device), targets[idx].to(ctx.device)
+        for x, y in pairs.batches(shard_batches(len(inputs), cfg.batch_size, gen, ctx.rank,
+                                                ctx.world_size)):
             with precision.autocast():
                 loss = train_loss_per_sample(model, x, y).mean()
             precision.step(loss, opt)
-            total += loss.detach() * len(idx)
-            count += len(idx)
+            total += loss.detach() * len(x)
+            count += len(x)
         check_finite(total, label, epoch, "lower train.lr")
         loss_mean = global_mean(total / max(count, 1))
         seconds += time.perf_counter() - t0
@@ -232,4 +369,5 @@ def train_model(
         state = {"model": unwrap(model).state_dict(),
                  "optimizer": opt.state_dict(), "epoch": epoch, "train_seconds": seconds}
         ctx.report({"epoch": epoch + 1, "loss": loss_mean, "train_seconds": seconds}, state)
-    return {"epochs": cfg.epochs, "final_loss": loss_mean, "train_seconds": seconds}
+    return {"epochs": cfg.epochs, "final_loss": loss_mean, "train_seconds": seconds,
+            "data_seconds": pairs.seconds}

@@ -93,9 +93,11 @@ def _run_worker(config: dict[str, Any], payload: dict[str, Any], params: Params,
     if resume and "info" in resume:  # the job had finished before the restart
         report({"done": 1}, resume)
         return
+    on_device = params.ray.data_on_device
     ctx = JobContext(device=ray.train.torch.get_device(), rank=rank, world_size=world,
                      resume=resume, report=report, log=lambda line: print(line, flush=True),
-                     checkpoint_every=config["checkpoint_every"])
+                     checkpoint_every=config["checkpoint_every"],
+                     data_on_device=None if on_device == "auto" else on_device)
     if config["kind"] == "benchmark":  # its audits import scikit-learn: only here
         from components.benchmark import make_case, run_case
 

@@ -32,7 +32,14 @@ from components.methods.base import Method, UnlearnData
 from components.models import build_model, loss_per_sample, unwrap
 from components.params import CertifiedParams, Params
 from components.privacy import iteration_sigma, noise_generator
-from components.training import JobContext, Precision, check_finite, endless_batches, global_mean
+from components.training import (
+    DeviceData,
+    FiniteWatch,
+    JobContext,
+    Precision,
+    endless_batches,
+    global_mean,
+)
 
 MECHANISM = ("noisy clipped SGD on the retain set from a projected start (Koloskova et al. "
              "2025, gradient clipping); Rényi accounting by privacy amplification by iteration, "
@@ -79,8 +86,9 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
         ctx: the job context.
 
     Returns:
-        steps (noisy + finishing), final_loss, train_seconds, and `privacy`: the record the
-        certificate is written from (σ, T, η, C1, C0, ε, δ, mechanism, relation).
+        steps (noisy + finishing), final_loss, train_seconds, data_seconds (of those, getting
+        batches to the device), and `privacy`: the record the certificate is written from
+        (σ, T, η, C1, C0, ε, δ, mechanism, relation).
     """
     cfg = params.unlearn.certified
     t0 = time.perf_counter()
@@ -100,10 +108,12 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
     else:
         project(weights, centre, cfg.start_radius)
     gen = noise_generator(ctx.device)
-    batches = endless_batches(len(inputs), cfg.batch_size, params.seed, ctx.rank,
-                              ctx.world_size)
+    order = endless_batches(len(inputs), cfg.batch_size, params.seed, ctx.rank, ctx.world_size)
     for _ in range(step):
-        next(batches)
+        next(order)
+    pairs = DeviceData((inputs, targets), ctx)
+    batches = pairs.batches(order)
+    finite = FiniteWatch("certified unlearning", "lower unlearn.certified.finish_lr")
     precision = Precision(ctx.device)
     total = cfg.steps + cfg.finish_steps
     ctx.say(f"[certified] (ε={cfg.epsilon:g}, δ={cfg.delta:g}): {cfg.steps} noisy steps, "
@@ -111,11 +121,10 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
     model.train()
     loss = torch.zeros(())
     while step < total:
-        idx = next(batches)
+        x, y = next(batches)
         with precision.autocast():
-            loss = loss_per_sample(model, inputs[idx].to(ctx.device),
-                                   targets[idx].to(ctx.device)).mean()
-        check_finite(loss, "certified unlearning", step, "lower unlearn.certified.finish_lr")
+            loss = loss_per_sample(model, x, y).mean()
+        finite.see(loss, step)
         if step < cfg.steps:
             precision.step(loss, noisy, clip=(weights, cfg.clip_norm))
             with torch.no_grad():
@@ -127,6 +136,7 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
             precision.step(loss, finish)
         step += 1
         if step % ctx.checkpoint_every == 0 or step in (cfg.steps, total):
+            finite.check()  # before the state is reported, and so before it can be saved
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             mean = global_mean(loss.detach())
@@ -137,7 +147,7 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
             ctx.report({"step": step, "loss": mean, "train_seconds": seconds}, state)
     seconds += time.perf_counter() - t0
     return {"steps": step, "final_loss": global_mean(loss.detach()), "train_seconds": seconds,
-            "privacy": privacy_record(cfg, sigma)}
+            "data_seconds": pairs.seconds, "privacy": privacy_record(cfg, sigma)}
 
 
 METHOD = Method(

@@ -33,6 +33,7 @@ from components.ood import decoupling_thresholds
 from components.params import DecoupleParams, Params
 from components.privacy import ascent_sensitivity, gaussian_sigma, noise_generator
 from components.training import (
+    DeviceData,
     JobContext,
     Precision,
     check_finite,
@@ -64,7 +65,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     Returns:
         lambda (mean λ), steps, reached (the stop rule was met), forget_loss (last probe),
         below (share of probe samples still under their λ), sigma (0 without noise),
-        train_seconds, `privacy` (with noise: what the certificate is written from), and
+        train_seconds, data_seconds (of those, getting batches to the device), `privacy`
+        (with noise: what the certificate is written from), and
         THRESHOLDS: the λ_i tensor the retention phase keeps.
     """
     t0 = time.perf_counter()
@@ -84,6 +86,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     for _ in range(step):
         next(batches)
     model.train()
+    pairs = DeviceData((inputs, targets, lam), ctx)
+    batches = pairs.batches(batches)
     hint = "lower unlearn.decouple.lr or unlearn.decouple.clip_norm"
     reached, probe_loss, below = False, float("nan"), 1.0
     while True:
@@ -94,12 +98,11 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
             reached = probe_loss >= float(lam[probe].mean()) if cfg.stop == "mean" else below == 0
         if reached or step >= cfg.max_steps:
             break
-        idx = next(batches)
+        x, y, lam_batch = next(batches)
         with precision.autocast():
-            per_sample = loss_per_sample(model, inputs[idx].to(ctx.device),
-                                         targets[idx].to(ctx.device))
+            per_sample = loss_per_sample(model, x, y)
         if cfg.stop == "sample":  # samples already at their λ_i leave the ascent
-            per_sample = per_sample * (per_sample.detach() < lam[idx].to(ctx.device))
+            per_sample = per_sample * (per_sample.detach() < lam_batch)
         precision.step(-per_sample.mean(), opt, clip=(group, cfg.clip_norm))
         step += 1
         if step % ctx.checkpoint_every == 0:
@@ -124,7 +127,7 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     seconds += time.perf_counter() - t0
     return {**figures, "steps": step, "reached": reached, "forget_loss": probe_loss,
             "below": below, "sigma": sigma, "train_seconds": seconds,
-            **ascent_record(cfg, sigma, step), THRESHOLDS: lam}
+            "data_seconds": pairs.seconds, **ascent_record(cfg, sigma, step), THRESHOLDS: lam}
 
 
 def add_noise(group: list[nn.Parameter], cfg: DecoupleParams, ctx: JobContext) -> float:

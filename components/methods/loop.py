@@ -1,5 +1,6 @@
 """The step loop the joint baselines share: batches of retain and forget pairs, one loss,
-one optimizer, with resume, progress lines, checkpoints and a divergence check."""
+one optimizer, with resume, progress lines, checkpoints and a divergence check (on the
+checkpoint cadence, before every report: components.training.FiniteWatch)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from torch import nn
 
 from components.methods.base import UnlearnData
 from components.models import unwrap
-from components.training import JobContext, Precision, check_finite, endless_batches, global_mean
+from components.training import (
+    DeviceData,
+    FiniteWatch,
+    JobContext,
+    Precision,
+    endless_batches,
+    global_mean,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch, Batch, int], torch.Tensor]
@@ -48,7 +56,8 @@ def run_steps(
         before_step: called after backward, before the step (e.g. to mask gradients).
 
     Returns:
-        {"steps", "final_loss", "train_seconds"}.
+        {"steps", "final_loss", "train_seconds", "data_seconds" (the host's time getting
+        batches to the device, in this run)}.
     """
     step, seconds = 0, 0.0
     if ctx.resume:
@@ -62,18 +71,20 @@ def run_steps(
         next(r_batches), next(f_batches)
     model.train()
     precision = Precision(ctx.device)
+    retain, forget = DeviceData(data.retain, ctx), DeviceData(data.forget, ctx)
+    r_batches, f_batches = retain.batches(r_batches), forget.batches(f_batches)
+    finite = FiniteWatch(label, f"lower unlearn.{label}.lr")
     loss = torch.zeros(())
     t0 = time.perf_counter()
     while step < steps:
-        i, j = next(r_batches), next(f_batches)
-        rb = (data.retain[0][i].to(ctx.device), data.retain[1][i].to(ctx.device))
-        fb = (data.forget[0][j].to(ctx.device), data.forget[1][j].to(ctx.device))
+        rb, fb = next(r_batches), next(f_batches)
         with precision.autocast():
             loss = loss_fn(model, rb, fb, step)
-        check_finite(loss, label, step, f"lower unlearn.{label}.lr")
+        finite.see(loss, step)
         precision.step(loss, optimizer, clip, before_step)
         step += 1
         if step % ctx.checkpoint_every == 0 or step == steps:
+            finite.check()  # before the state is reported, and so before it can be saved
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             mean = global_mean(loss.detach())
@@ -81,7 +92,8 @@ def run_steps(
             state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                      "step": step, "train_seconds": seconds}
             ctx.report({"step": step, "loss": mean, "train_seconds": seconds}, state)
-    return {"steps": step, "final_loss": global_mean(loss.detach()), "train_seconds": seconds}
+    return {"steps": step, "final_loss": global_mean(loss.detach()), "train_seconds": seconds,
+            "data_seconds": retain.seconds + forget.seconds}
 
 
 def average_gradients(parameters: list[nn.Parameter]) -> None:

@@ -11,15 +11,16 @@ from components.methods.base import Method, UnlearnData
 from components.methods.loop import average_gradients, run_steps
 from components.models import embed, parameter_group
 from components.params import Params
-from components.training import JobContext, sample_losses
+from components.training import EVAL_BATCH, JobContext, sample_losses
 
 
 def random_encoder(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
     """Encoder-only unlearning towards random embeddings with the teacher's statistics."""
     cfg = params.unlearn.random_encoder
-    with torch.no_grad():
-        sample = data.retain[0][: cfg.stats_samples].to(ctx.device)
-        emb = embed(data.original, sample, "random_encoder")
+    with torch.no_grad():  # in eval-sized chunks: 2,048 inputs at once held them all
+        sample = data.retain[0][: cfg.stats_samples]
+        emb = torch.cat([embed(data.original, sample[i : i + EVAL_BATCH].to(ctx.device),
+                               "random_encoder") for i in range(0, len(sample), EVAL_BATCH)])
         mean, std = emb.mean(0), emb.std(0)
     gen = torch.Generator().manual_seed(params.seed + 3)
     group = parameter_group(model, "encoder")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.models.base import I2IModel, sample_losses
+from components.models.base import Draws, I2IModel, sample_losses
 
 
 class ConvAutoencoder(I2IModel):
@@ -42,15 +42,15 @@ class ConvAutoencoder(I2IModel):
             nn.ConvTranspose2d(w0, channels, 4, 2, 1), nn.Sigmoid(),
         )  # fmt: skip
 
-    def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def generate(self, inputs: torch.Tensor, gen: Draws) -> torch.Tensor:
         return self.decoder(self.encoder(inputs))
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-             gen: torch.Generator | None) -> torch.Tensor:
+             gen: Draws) -> torch.Tensor:
         return sample_losses(self.generate(inputs, gen), targets)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
-                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                gen: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.generate(inputs, gen)
         with torch.no_grad():
             reference = teacher.generate(inputs, gen)

@@ -17,16 +17,102 @@ would train each worker on its own.
 | diffusion | noise-prediction MSE at random steps    | a short DDIM sampler              |
 
 Randomness (masks, timesteps, noise): a `generator` when given; in training mode the
-global RNG (seeded per worker); in eval mode a fixed seed, so that audits, thresholds and
-metrics are repeatable and the same pair is scored alike for every model.
+global RNG (seeded per worker); in eval mode `PairKeys`: draws keyed by the content of each
+pair (of each input, when generating), so that audits, thresholds and metrics are
+repeatable, the same pair is scored alike for every model, and a pair's score is a function
+of the pair alone, whatever batch, chunk or worker it is scored in (issue 21: one generator
+restarted per forward gave a pair the draws of its place in the batch, and its diffusion
+loss moved by 17 % between batches of 7 and 64).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-EVAL_SEED = 0  # seed of the masks, timesteps and noise of eval-mode losses and sampling
+# PairKeys' integer hash works modulo this Mersenne prime: a residue (< 2**31) times a
+# multiplier (< 2**31) stays below 2**62, so int64 never overflows and every device
+# computes the same integers
+_PRIME = 2**31 - 1
+_MULTIPLIERS = (48_271, 1_583_458_089, 69_621)  # a round each, with an xor-shift between
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """Hash of int64 values in [0, 2**31) to [0, 2**31 - 1): multiply modulo the prime and
+    fold the high bits into the low ones, three rounds (neighbouring inputs give unrelated
+    outputs)."""
+    for a in _MULTIPLIERS:
+        x = (x * a) % _PRIME
+        x = x ^ (x >> 15)
+    return x % _PRIME
+
+
+class PairKeys:
+    """Random numbers keyed per row: row i of every draw depends on key i, on how many draws
+    came before it and on the element's position only, never on the other rows.
+
+    The keys hash each pair's pixels quantised to the images' own 8-bit levels, in integer
+    arithmetic on the pair's device; the draws are counter-based hashes of (key, draw,
+    element), so no generator state exists to depend on the batch. Uniforms have 24 bits
+    (exact in float32); normals come by Box-Muller, equal on every device up to the last
+    bit of log and cos.
+
+    Args:
+        keys: (N,) int64 in [0, 2**31 - 1), one per row; or
+        rows: tensors whose rows the keys hash, when first needed (ae never draws).
+    """
+
+    def __init__(self, keys: torch.Tensor | None = None,
+                 rows: tuple[torch.Tensor, ...] = ()):
+        self._keys, self.rows = keys, rows
+        self.draws = 0
+
+    @classmethod
+    def of(cls, *tensors: torch.Tensor | None) -> PairKeys:
+        """Keys of the rows of `tensors` (images in [0, 1], same N), e.g. (inputs, targets)."""
+        return cls(rows=tuple(t for t in tensors if t is not None))
+
+    @property
+    def keys(self) -> torch.Tensor:
+        if self._keys is None:
+            self._keys = _mix(self._hash(self.rows))
+        return self._keys
+
+    @staticmethod
+    def _hash(rows: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        keys = None
+        for t in rows:
+            # 255 levels x 2**31 weights x up to 2**24 values per row stays below 2**63
+            q = (t.detach().float().flatten(1).clamp(0, 1) * 255).round().long()
+            weights = _mix(torch.arange(1, q.shape[1] + 1, device=q.device))
+            h = (q * weights).sum(1) % _PRIME
+            keys = h if keys is None else _mix((keys + _mix(h)) % _PRIME)
+        return keys
+
+    def fork(self, branch: int) -> PairKeys:
+        """Keys for the `branch`-th independent set of draws of the same rows (the
+        diffusion loss's eval draws)."""
+        return PairKeys(_mix((self.keys + _mix(self.keys.new_tensor(branch + 1))) % _PRIME))
+
+    def uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """U[0, 1) of `shape`, shape[0] = N rows."""
+        per_row = math.prod(shape[1:])
+        row = _mix((self.keys + self.draws * 7_919) % _PRIME)
+        self.draws += 1
+        element = _mix(torch.arange(1, per_row + 1, device=self.keys.device))
+        bits = _mix((row[:, None] + element) % _PRIME) >> 7  # 24 of the 31 bits
+        return (bits.float() / 2**24).view(shape)
+
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """N(0, 1) of `shape` by Box-Muller from two uniforms per value."""
+        u = self.uniform((shape[0], 2, math.prod(shape[1:])))
+        radius = (-2 * torch.log1p(-u[:, 0])).sqrt()  # 1 - u in (0, 1]
+        return (radius * torch.cos(2 * math.pi * u[:, 1])).view(shape)
+
+
+Draws = torch.Generator | PairKeys | None  # where masks, timesteps and noise come from
 
 
 class I2IModel(nn.Module):
@@ -40,7 +126,7 @@ class I2IModel(nn.Module):
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None, *,
                 op: str = "generate", generator: torch.Generator | None = None,
                 teacher: nn.Module | None = None) -> torch.Tensor | tuple:
-        gen = self.rng(generator)
+        gen = self.rng(generator, inputs, None if op == "generate" else targets)
         if op == "generate":
             return self.generate(inputs, gen)
         if op == "loss":
@@ -51,28 +137,29 @@ class I2IModel(nn.Module):
             return self.distill(inputs, targets, unwrap(teacher), gen)
         raise ValueError(f"unknown model op {op!r} (generate, loss, train or distill)")
 
-    def rng(self, generator: torch.Generator | None) -> torch.Generator | None:
-        """The generator to draw from: the given one, the global RNG in training, else a
-        fixed-seed one."""
+    def rng(self, generator: torch.Generator | None, inputs: torch.Tensor,
+            targets: torch.Tensor | None) -> Draws:
+        """Where to draw from: the given generator, the global RNG in training, else keys of
+        the pairs (of the inputs alone when generating)."""
         if generator is not None or self.training:
             return generator
-        return torch.Generator().manual_seed(EVAL_SEED)
+        return PairKeys.of(inputs, targets)
 
-    def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def generate(self, inputs: torch.Tensor, gen: Draws) -> torch.Tensor:
         raise NotImplementedError
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-             gen: torch.Generator | None) -> torch.Tensor:
+             gen: Draws) -> torch.Tensor:
         raise NotImplementedError
 
     def train_loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-                   gen: torch.Generator | None) -> torch.Tensor:
+                   gen: Draws) -> torch.Tensor:
         """The from-scratch training objective; families with an auxiliary part (the VQ
         tokenizer) add it here, so that unlearning objectives never move it."""
         return self.loss(inputs, targets, gen)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
-                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                gen: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -90,20 +177,22 @@ def sample_losses(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs.float() - targets.float()).pow(2).flatten(1).mean(1)
 
 
-def draw_normal(shape: tuple[int, ...], gen: torch.Generator | None,
-                device: torch.device) -> torch.Tensor:
-    """N(0, 1) noise: from `gen` on the CPU (the same numbers on every device), or from the
-    device's global RNG when gen is None."""
+def draw_normal(shape: tuple[int, ...], gen: Draws, device: torch.device) -> torch.Tensor:
+    """N(0, 1) noise: keyed per row (PairKeys, on their device), from a generator on the CPU
+    (the same numbers on every device), or from the device's global RNG when gen is None."""
     if gen is None:
         return torch.randn(shape, device=device)
+    if isinstance(gen, PairKeys):
+        return gen.normal(shape)
     return torch.randn(shape, generator=gen).to(device)
 
 
-def draw_uniform(shape: tuple[int, ...], gen: torch.Generator | None,
-                 device: torch.device) -> torch.Tensor:
+def draw_uniform(shape: tuple[int, ...], gen: Draws, device: torch.device) -> torch.Tensor:
     """U[0, 1) draws, like draw_normal."""
     if gen is None:
         return torch.rand(shape, device=device)
+    if isinstance(gen, PairKeys):
+        return gen.uniform(shape)
     return torch.rand(shape, generator=gen).to(device)
 
 

@@ -3,10 +3,11 @@ et al. 2022): the noisy target, the task's input and the task mask go in, the no
 
 Training is DDPM's (Ho et al. 2020): a random step t of a cosine schedule (Nichol & Dhariwal
 2021) of `timesteps` steps, loss = MSE between the predicted and the drawn noise. In eval
-mode the loss averages `eval_draws` seeded (t, noise) draws, so that a per-sample loss is
-stable enough for the membership audits (one draw's spread across t is larger than the gap
-between members and non-members). Generation: a deterministic DDIM sampler (Song et al.
-2021, η = 0) of `sample_steps` steps from seeded noise, x0 clipped to the image range.
+mode the loss averages `eval_draws` (t, noise) draws keyed by the pair (models/base.py
+PairKeys), so that a per-sample loss is stable enough for the membership audits (one draw's
+spread across t is larger than the gap between members and non-members) and is the same in
+any batch. Generation: a deterministic DDIM sampler (Song et al. 2021, η = 0) of
+`sample_steps` steps from noise keyed by the input, x0 clipped to the image range.
 
 Parameter groups: `encoder` = the down path (time MLP, input conv, down blocks, middle
 block); `decoder` = the up path and the output conv. The down path embeds a noisy target at
@@ -17,12 +18,20 @@ embedding of the input (li2024, random_encoder) do not apply.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.models.base import I2IModel, draw_normal, draw_uniform, sample_losses
+from components.models.base import (
+    Draws,
+    I2IModel,
+    PairKeys,
+    draw_normal,
+    draw_uniform,
+    sample_losses,
+)
 from components.params import DiffusionParams
 
 
@@ -127,32 +136,38 @@ class ConditionalDiffusion(I2IModel):
         return self.decoder(h, skips, temb)
 
     def noised(self, inputs: torch.Tensor, targets: torch.Tensor,
-               gen: torch.Generator | None) -> tuple[torch.Tensor, ...]:
-        """`draws` (x_t, input, t, noise) per pair, stacked draw-major: (draws·N, ...)."""
-        draws = 1 if self.training else self.eval_draws
-        inputs, x0 = inputs.repeat(draws, 1, 1, 1), (2 * targets - 1).repeat(draws, 1, 1, 1)
-        steps = len(self.alpha_bar)
-        t = (draw_uniform((x0.shape[0],), gen, x0.device) * steps).long().clamp(max=steps - 1)
-        noise = draw_normal(tuple(x0.shape), gen, x0.device)
-        ab = self.alpha_bar[t][:, None, None, None]
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise, inputs, t, noise
+               gen: Draws) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(x_t, t, noise) of each draw: one in training, `eval_draws` in eval mode.
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-             gen: torch.Generator | None) -> torch.Tensor:
-        x_t, cond, t, noise = self.noised(inputs, targets, gen)
-        return sample_losses(self.noise(x_t, cond, t), noise).view(-1, inputs.shape[0]).mean(0)
+        One draw at a time, each over the N pairs: stacking the draws into one batch of
+        eval_draws·N images made a chunk of 512 eval pairs a UNet batch of 2,048, and the
+        decouple stage (whose λ and probe are eval losses) peaked at 21.4 GB on a GPU,
+        twice the training steps of every method (issue 21)."""
+        draws = 1 if self.training else self.eval_draws
+        x0, steps = 2 * targets - 1, len(self.alpha_bar)
+        for d in range(draws):
+            src = gen.fork(d) if isinstance(gen, PairKeys) else gen
+            t = (draw_uniform((x0.shape[0],), src, x0.device) * steps).long().clamp(max=steps - 1)
+            noise = draw_normal(tuple(x0.shape), src, x0.device)
+            ab = self.alpha_bar[t][:, None, None, None]
+            yield ab.sqrt() * x0 + (1 - ab).sqrt() * noise, t, noise
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, gen: Draws) -> torch.Tensor:
+        return torch.stack([sample_losses(self.noise(x_t, inputs, t), noise)
+                            for x_t, t, noise in self.noised(inputs, targets, gen)]).mean(0)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
-                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        x_t, cond, t, noise = self.noised(inputs, targets, gen)
-        predicted = self.noise(x_t, cond, t)
-        with torch.no_grad():
-            reference = teacher.noise(x_t, cond, t)
-        n = inputs.shape[0]
-        return (sample_losses(predicted, noise).view(-1, n).mean(0),
-                sample_losses(predicted, reference).view(-1, n).mean(0))
+                gen: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        own, to_teacher = [], []
+        for x_t, t, noise in self.noised(inputs, targets, gen):
+            predicted = self.noise(x_t, inputs, t)
+            with torch.no_grad():
+                reference = teacher.noise(x_t, inputs, t)
+            own.append(sample_losses(predicted, noise))
+            to_teacher.append(sample_losses(predicted, reference))
+        return torch.stack(own).mean(0), torch.stack(to_teacher).mean(0)
 
-    def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def generate(self, inputs: torch.Tensor, gen: Draws) -> torch.Tensor:
         """DDIM (η = 0) over `sample_steps` evenly spaced steps, from T-1 down to 0."""
         n, steps = inputs.shape[0], len(self.alpha_bar)
         x = draw_normal(tuple(inputs.shape), gen, inputs.device)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.models.base import I2IModel, sample_losses
+from components.models.base import Draws, I2IModel, sample_losses
 from components.models.vit import (
     ViTDecoder,
     ViTEncoder,
@@ -63,7 +63,7 @@ class MaskedAutoencoder(I2IModel):
         n, c, g, p = seq.shape[0], self.channels, self.grid, self.patch
         return seq.reshape(n, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(n, c, g * p, g * p)
 
-    def seen(self, n: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def seen(self, n: int, gen: Draws, device: torch.device) -> torch.Tensor:
         """The patches the encoder sees: the task's visible ones, less random ones in training."""
         drop = self.mask_ratio if self.training else 0.0
         return seen_positions(self.hidden, self.free, n, drop, gen, device)
@@ -72,17 +72,17 @@ class MaskedAutoencoder(I2IModel):
         latent = self.encoder(self.patchify(inputs), ids)
         return torch.sigmoid(self.unpatchify(self.decoder(latent, ids)))
 
-    def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def generate(self, inputs: torch.Tensor, gen: Draws) -> torch.Tensor:
         ids = seen_positions(self.hidden, self.free, inputs.shape[0], 0.0, gen, inputs.device)
         return self.reconstruct(inputs, ids)
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-             gen: torch.Generator | None) -> torch.Tensor:
+             gen: Draws) -> torch.Tensor:
         ids = self.seen(inputs.shape[0], gen, inputs.device)
         return sample_losses(self.reconstruct(inputs, ids), targets)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
-                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                gen: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         ids = self.seen(inputs.shape[0], gen, inputs.device)  # the teacher sees the same patches
         out = self.reconstruct(inputs, ids)
         with torch.no_grad():

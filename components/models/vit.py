@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.models.base import draw_uniform
+from components.models.base import Draws, draw_uniform
 
 
 def check_patch(family: str, patch: int, side: int) -> None:
@@ -28,7 +28,7 @@ def hidden_positions(visible: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def seen_positions(hidden: torch.Tensor, free: int, n: int, drop: float,
-                   gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+                   gen: Draws, device: torch.device) -> torch.Tensor:
     """Positions the encoder sees, (n, k): every position the task leaves visible, less a
     random `drop` share of them per sample (at least one kept; none when the task hides all).
 

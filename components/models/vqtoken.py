@@ -21,11 +21,14 @@ it with its own reconstruction and commitment losses.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.models.base import I2IModel, sample_losses
+from components.models.base import Draws, I2IModel, sample_losses
 from components.models.vit import (
     ViTDecoder,
     ViTEncoder,
@@ -34,6 +37,17 @@ from components.models.vit import (
     seen_positions,
 )
 from components.params import VQTokenParams
+
+
+@contextlib.contextmanager
+def ieee_matmul() -> Iterator[None]:
+    """Full float32 matmuls on CUDA for the block (components.training turns TF32 on)."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 class Tokenizer(nn.Module):
@@ -50,9 +64,10 @@ class Tokenizer(nn.Module):
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D, g, g) code vectors -> (ids (N, g·g), quantised vectors (N, D, g, g)).
-        Distances in float32: under mixed precision, half-precision ties would flip codes."""
+        Distances in float32, TF32 off: under mixed precision, half-precision ties would flip
+        codes, and TF32's 10-bit products would too."""
         n, d, g, _ = z.shape
-        with torch.autocast(z.device.type, enabled=False):
+        with torch.autocast(z.device.type, enabled=False), ieee_matmul():
             flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
             book = self.codebook.weight.float()
             dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(1)
@@ -107,17 +122,17 @@ class MaskedTokenModel(I2IModel):
         """Codebook logits (N, L, K) of every position, seeing the tokens at `ids`."""
         return self.decoder(self.encoder(self.tokens(images), ids), ids)
 
-    def masked(self, n: int, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def masked(self, n: int, gen: Draws, device: torch.device) -> torch.Tensor:
         """Seen positions for the objective: random masking in training and in eval."""
         return seen_positions(self.hidden, self.free, n, self.mask_ratio, gen, device)
 
-    def generate(self, inputs: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def generate(self, inputs: torch.Tensor, gen: Draws) -> torch.Tensor:
         ids = seen_positions(self.hidden, self.free, inputs.shape[0], 0.0, gen, inputs.device)
         predicted = self.logits(inputs, ids).argmax(-1)
         return self.tokenizer.decoder(self.tokenizer.vectors(predicted, self.grid))
 
     def cross_entropy(self, inputs: torch.Tensor, targets: torch.Tensor,
-                      gen: torch.Generator | None) -> torch.Tensor:
+                      gen: Draws) -> torch.Tensor:
         logits = self.logits(inputs, self.masked(inputs.shape[0], gen, inputs.device))
         return F.cross_entropy(logits.float().transpose(1, 2), self.tokens(targets),
                                reduction="none").mean(1)
@@ -131,16 +146,16 @@ class MaskedTokenModel(I2IModel):
         return 0.0
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-             gen: torch.Generator | None) -> torch.Tensor:
+             gen: Draws) -> torch.Tensor:
         return self.cross_entropy(inputs, targets, gen) + self.tokenizer_at_zero(targets)
 
     def train_loss(self, inputs: torch.Tensor, targets: torch.Tensor,
-                   gen: torch.Generator | None) -> torch.Tensor:
+                   gen: Draws) -> torch.Tensor:
         return self.cross_entropy(inputs, targets, gen) + \
             self.tokenizer.reconstruction_loss(targets, self.commitment)
 
     def distill(self, inputs: torch.Tensor, targets: torch.Tensor, teacher: I2IModel,
-                gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                gen: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy, and KL(teacher || model) of the token distributions (SCRUB's own
         distance), the teacher seeing the same positions."""
         ids = self.masked(inputs.shape[0], gen, inputs.device)
