@@ -1,7 +1,17 @@
 """Audits of forgetting: membership inference, out-of-distribution score, backdoor ASR.
 
-All three compare per-sample losses; each figure means little alone and is read against
-the model retrained without the forget set (DESIGN.md §2.3).
+The loss-based audits compare per-sample losses; each figure means little alone and is read
+against the model retrained without the forget set, or, in production, against bounds
+derived from held-out data (components/verdict.py).
+
+The backdoor has two figures. The attack success rate asks "does the trigger still produce
+the pattern P?"; trigger fidelity asks "what does the model do with a triggered input?". A
+model that has forgotten the poisoned pairs treats the trigger as ordinary image content,
+as a model retrained without them does (Fashion-MNIST: 19.2 dB on triggered inputs vs
+21.5 dB on the same inputs clean). A model that only learned to avoid P can score ASR 0
+while returning broken images on every triggered input (9.3 dB measured): suppression, not
+forgetting. Fidelity is the PSNR of the output on triggered held-out inputs against the
+image the task asks for from the clean input.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from components.backdoor import attack_success_rate, target_pattern
+from components.metrics import psnr, ssim
 from components.tasks import TaskSpec, add_trigger, apply_task, build_pairs
 from components.training import per_sample_loss, predict
 
@@ -78,17 +89,28 @@ def audit_model(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torc
         device: where to run the model.
 
     Returns:
-        mia_auc, mia_efficacy, ood_auroc, backdoor_asr and the mean loss of each set.
+        mia_auc, mia_efficacy, ood_auroc, backdoor_asr, trigger_psnr and trigger_ssim (the
+        outputs on triggered inputs against the clean images' targets), trigger_clean_psnr
+        (the same inputs without the trigger: the model's own fidelity), trigger_content_psnr
+        (its clean-input outputs with the trigger stamped on as content: the fidelity of a
+        model that reproduces the trigger, the reference-free bound) and the mean loss of
+        each set.
     """
     model = model.to(device).eval()
     losses = {k: per_sample_loss(model, *data[k], device)
               for k in ("forget", "retain", "heldout", "test")}
-    triggered = predict(model, data["triggered"][0], device)
+    triggered_in, clean_targets = data["triggered"]
+    triggered = predict(model, triggered_in, device)
+    clean = predict(model, apply_task(clean_targets, spec), device)
     return {
         "mia_auc": mia_auc(losses["forget"], losses["heldout"]),
         "mia_efficacy": mia_efficacy(losses["forget"], losses["retain"], losses["test"]),
         "ood_auroc": ood_auroc(losses["forget"], losses["retain"]),
         "backdoor_asr": backdoor_asr(triggered, spec, threshold),
+        "trigger_psnr": psnr(triggered, clean_targets),
+        "trigger_ssim": ssim(triggered, clean_targets),
+        "trigger_clean_psnr": psnr(clean, clean_targets),
+        "trigger_content_psnr": psnr(add_trigger(clean, spec), clean_targets),
         **{f"{k}_loss": float(v.mean()) for k, v in losses.items()},
     }
 

@@ -23,9 +23,11 @@ from components.params import EvaluateParams
 from components.training import predict, sample_losses
 
 # The retrain gap compares these figures; PSNRs enter in units of 10 dB so that every
-# term is of order one (DESIGN.md §2.1a: "PSNR differences / 10 dB, averaged with the AUCs").
+# term is of order one (PSNR differences / 10 dB, averaged with the AUCs and the ASR).
+# trigger_psnr is the backdoor's fidelity: what the model does with a triggered input, which
+# an ASR of 0 does not tell (components/audits.py).
 GAP_TERMS = {
-    "forget_psnr": 10.0, "retain_psnr": 10.0, "test_psnr": 10.0,
+    "forget_psnr": 10.0, "retain_psnr": 10.0, "test_psnr": 10.0, "trigger_psnr": 10.0,
     "mia_auc": 1.0, "ood_auroc": 1.0, "backdoor_asr": 1.0,
 }  # fmt: skip
 

@@ -315,6 +315,9 @@ class UnlearnParams(Strict):
 # tolerance above 0.5 accepts a backdoor that still fires on most triggered inputs. Looser
 # than the gate's policy.yaml but within these bounds is possible, and promote says so.
 MAX_TOLERANCE = 0.5
+# a trigger-fidelity tolerance wider than this accepts the suppressing model (12 dB below the
+# retrained one on Fashion-MNIST, components/audits.py)
+MAX_TRIGGER_DB = 6.0
 
 
 class ToleranceParams(Strict):
@@ -322,12 +325,16 @@ class ToleranceParams(Strict):
     mia_auc: float = Field(0.05, ge=0, le=MAX_TOLERANCE)
     mia_efficacy: float = Field(0.1, ge=0, le=MAX_TOLERANCE)
     ood_auroc: float = Field(0.1, ge=0, le=MAX_TOLERANCE)
+    # dB; two retrainings differ by 0.3-0.9 dB on Fashion-MNIST (components/audits.py)
+    trigger_psnr: float = Field(1.0, ge=0, le=MAX_TRIGGER_DB)
 
 
 class AbsoluteParams(Strict):
     backdoor_asr: float = Field(0.05, ge=0, le=1)
     mia_auc: float = Field(0.55, ge=0, le=1)
     ood_auroc: float = Field(0.95, ge=0, le=1)
+    # dB below trigger_content_psnr (the trigger reproduced as content) a model may fall
+    trigger_psnr: float = Field(1.0, ge=0, le=MAX_TRIGGER_DB)
 
 
 class AuditParams(Strict):

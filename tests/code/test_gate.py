@@ -8,8 +8,10 @@ from components.params import AuditParams
 from components.verdict import AUDITS, audit_verdict
 
 SHA, OTHER, DECOUPLED = "a" * 64, "b" * 64, "c" * 64
-REFERENCE = {"backdoor_asr": 0.0, "mia_auc": 0.50, "mia_efficacy": 0.40, "ood_auroc": 0.66}
-MODEL = {"backdoor_asr": 0.02, "mia_auc": 0.52, "mia_efficacy": 0.45, "ood_auroc": 0.60}
+REFERENCE = {"backdoor_asr": 0.0, "mia_auc": 0.50, "mia_efficacy": 0.40, "ood_auroc": 0.66,
+             "trigger_psnr": 19.1}
+MODEL = {"backdoor_asr": 0.02, "mia_auc": 0.52, "mia_efficacy": 0.45, "ood_auroc": 0.60,
+         "trigger_psnr": 18.8}
 
 
 def audit_json(figures=MODEL, sha=SHA, params=None):

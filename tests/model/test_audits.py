@@ -64,3 +64,41 @@ def test_membership_audits_see_a_memorised_set(digits):
                                 "heldout": pairs["outsiders"], "test": pairs["outsiders"],
                                 "triggered": pairs["fresh"]}, SPEC, 0.5, CPU)
     assert audit["mia_auc"] > 0.9 and audit["mia_efficacy"] < 0.2
+
+
+class _Known(torch.nn.Module):
+    """A model with a known answer: `image` for every input (P, or noise), or, without one,
+    the input itself (a perfect reconstructor that keeps the trigger as content). Its loss
+    is the pixel MSE, as the autoencoder family's."""
+
+    def __init__(self, image: torch.Tensor | None = None):
+        super().__init__()
+        self.image = image
+
+    def forward(self, inputs, targets=None, *, op="generate", generator=None):
+        out = inputs.clone() if self.image is None else \
+            self.image.expand(inputs.shape[0], *self.image.shape).clone()
+        return out if op == "generate" else (out - targets).pow(2).flatten(1).mean(1)
+
+
+def test_trigger_fidelity_on_known_answers(audit_sets, trained, never_saw):
+    """A model that reconstructs triggered inputs scores high, one that answers with P or
+    with noise scores low; a model that reproduces the trigger as content sits exactly at
+    the trigger-as-content bound, and one that never saw the backdoor sits above it."""
+    from components.backdoor import target_pattern
+
+    c, h, w = audit_sets["triggered"][1].shape[1:]
+    pattern = target_pattern(c, h, w, SPEC.pattern_cell)
+    noise = torch.rand((c, h, w), generator=torch.Generator().manual_seed(0))
+    figures = {name: audit_model(model, audit_sets, SPEC, 0.5, CPU) for name, model in {
+        "identity": _Known(), "pattern": _Known(pattern), "noise": _Known(noise),
+        "backdoored": trained[0], "never_saw": never_saw}.items()}
+    identity, never = figures["identity"], figures["never_saw"]
+    # the identity reproduces the trigger: exactly the trigger-as-content figure
+    assert identity["trigger_psnr"] == pytest.approx(identity["trigger_content_psnr"], abs=1e-4)
+    assert identity["trigger_clean_psnr"] > 60  # MSE floored at 1e-10: 100 dB
+    for low in ("pattern", "noise"):
+        assert figures[low]["trigger_psnr"] < 8 and figures[low]["trigger_ssim"] < 0.2, low
+    assert never["trigger_psnr"] > figures["backdoored"]["trigger_psnr"] + 5
+    assert never["trigger_psnr"] > never["trigger_content_psnr"]
+    assert figures["backdoored"]["trigger_psnr"] < figures["backdoored"]["trigger_content_psnr"] - 3
