@@ -43,7 +43,7 @@ benchmark: setup data
 # the ablations of decouple (benchmark.variants) -> reports/ablation.{json,md,png}
 ablation: setup data
 	python -m flows.benchmark --scenarios class,sample --out ablation \
-	  --methods decouple,decouple_literal,decouple_keep0,decouple_quantile,decouple_no_ascent,retrain
+	  --methods decouple,decouple_v1,decouple_no_transplant,decouple_ignore,decouple_reproduce,decouple_keep0,decouple_no_ascent,decouple_quantile,decouple_literal,retrain
 
 # each model family (mae, vqtoken, diffusion) inpainting an ImageFolder export, one `dvc exp run`
 # each, in a clone (.families/) -> reports/families.{json,md}

@@ -40,6 +40,17 @@ def mia_auc(forget_losses: torch.Tensor, heldout_losses: torch.Tensor) -> float:
     return _auc(-forget_losses.numpy(), -heldout_losses.numpy())
 
 
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC from its value and the two sample
+    sizes: the sampling error a membership AUC is read with (0.5 ± 2 SE is no signal)."""
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2)
+           + (negatives - 1) * (q2 - auc**2)) / (positives * negatives)
+    return float(max(var, 0.0) ** 0.5)
+
+
 def ood_auroc(forget_losses: torch.Tensor, retain_losses: torch.Tensor) -> float:
     """AUROC of the loss as an out-of-distribution score, forget (positive) vs retain-train.
 
@@ -89,7 +100,8 @@ def audit_model(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torc
         device: where to run the model.
 
     Returns:
-        mia_auc, mia_efficacy, ood_auroc, backdoor_asr, trigger_psnr and trigger_ssim (the
+        mia_auc (with mia_auc_se, its sampling error), mia_efficacy, ood_auroc,
+        backdoor_asr, trigger_psnr and trigger_ssim (the
         outputs on triggered inputs against the clean images' targets), trigger_clean_psnr
         (the same inputs without the trigger: the model's own fidelity), trigger_content_psnr
         (its clean-input outputs with the trigger stamped on as content: the fidelity of a
@@ -102,8 +114,11 @@ def audit_model(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torc
     triggered_in, clean_targets = data["triggered"]
     triggered = predict(model, triggered_in, device)
     clean = predict(model, apply_task(clean_targets, spec), device)
+    membership = mia_auc(losses["forget"], losses["heldout"])
     return {
-        "mia_auc": mia_auc(losses["forget"], losses["heldout"]),
+        "mia_auc": membership,
+        "mia_auc_se": auc_standard_error(membership, len(losses["forget"]),
+                                         len(losses["heldout"])),
         "mia_efficacy": mia_efficacy(losses["forget"], losses["retain"], losses["test"]),
         "ood_auroc": ood_auroc(losses["forget"], losses["retain"]),
         "backdoor_asr": backdoor_asr(triggered, spec, threshold),

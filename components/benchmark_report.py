@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = ["retrain_gap", "cost_ratio", "backdoor_asr", "mia_auc", "ood_auroc", "forget_psnr",
-           "retain_psnr", "test_psnr"]
+COLUMNS = ["retrain_gap", "cost_ratio_grads", "cost_ratio", "backdoor_asr", "trigger_psnr",
+           "mia_auc", "mia_efficacy", "ood_auroc", "forget_psnr", "retain_psnr", "test_psnr"]
 # columns where lower is better; for the others, closer to the retrained reference is better
-LOWER_IS_BETTER = {"retrain_gap", "cost_ratio"}
+LOWER_IS_BETTER = {"retrain_gap", "cost_ratio", "cost_ratio_grads"}
 NOT_RANKED = {"original", "reference"}  # rows shown for reading, never "best"
 COST_BAR = 0.10
 ASR_MARGIN = 0.05
@@ -31,7 +31,10 @@ def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
     others = {r: _mean(summary, r, "retrain_gap") for r in summary
               if r not in NOT_RANKED | {method, "retrain"}}
     best = min(others, key=others.get) if others else None  # a run of decouple + retrain only
-    gap, cost = _mean(summary, method, "retrain_gap"), _mean(summary, method, "cost_ratio")
+    # the cost bar reads sample-gradient evaluations where measured: wall time swings with
+    # the load of the shared machine (two cases run at once here)
+    cost_key = "cost_ratio_grads" if "cost_ratio_grads" in summary[method] else "cost_ratio"
+    gap, cost = _mean(summary, method, "retrain_gap"), _mean(summary, method, cost_key)
     original = _mean(summary, "original", "retrain_gap")
     checks = {}
     if best is not None:
@@ -39,7 +42,7 @@ def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
                                        f"{gap:.4f} <= {others[best]:.4f} ({best}) + {floor:.4f}")
     checks["gap_vs_original"] = (gap < original - floor,
                                  f"{gap:.4f} < {original:.4f} - {floor:.4f}")
-    checks["cost"] = (cost <= COST_BAR, f"{cost:.3f} <= {COST_BAR}")
+    checks["cost"] = (cost <= COST_BAR, f"{cost:.3f} <= {COST_BAR} ({cost_key})")
     if scenario in ("class", "sample"):
         asr, ref = _mean(summary, method, "backdoor_asr"), _mean(summary, "retrain", "backdoor_asr")
         checks["backdoor"] = (asr <= ref + ASR_MARGIN, f"{asr:.3f} <= {ref:.3f} + {ASR_MARGIN}")
@@ -66,12 +69,13 @@ def to_markdown(report: dict) -> str:
              "reference.", ""]
     for scenario, block in report["scenarios"].items():
         summary = block["methods"]
-        best = {k: _best(summary, k) for k in COLUMNS}
-        lines += [f"## {scenario}", "", "| method | " + " | ".join(COLUMNS) + " |",
-                  "|---" * (len(COLUMNS) + 1) + "|"]
+        columns = [k for k in COLUMNS if any(k in f for f in summary.values())]
+        best = {k: _best(summary, k) for k in columns}
+        lines += [f"## {scenario}", "", "| method | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
         for row, figures in summary.items():
             cells = []
-            for key in COLUMNS:
+            for key in columns:
                 if key not in figures:
                     cells.append("")
                     continue
@@ -103,16 +107,17 @@ def plot(report: dict, path: Path) -> None:
     for ax, scenario in zip(axes[0], scenarios, strict=True):
         summary = report["scenarios"][scenario]["methods"]
         for row, figures in summary.items():
-            if row == "reference" or "cost_ratio" not in figures:
+            cost = "cost_ratio_grads" if "cost_ratio_grads" in figures else "cost_ratio"
+            if row == "reference" or cost not in figures:
                 continue
-            x, y = figures["cost_ratio"], figures["retrain_gap"]
+            x, y = figures[cost], figures["retrain_gap"]
             ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3,
                         color="tab:red" if row == "decouple" else "tab:blue")
             ax.annotate(row, (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_yscale("symlog", linthresh=0.01)
-        ax.set_xlabel("cost ratio (unlearning / retraining compute)")
+        ax.set_xlabel("cost ratio (sample-gradient evaluations, unlearning / retraining)")
         ax.set_ylabel("retrain gap (lower is closer to retraining)")
         ax.set_title(scenario)
         ax.grid(alpha=0.3)

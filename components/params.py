@@ -196,6 +196,12 @@ class DecoupleParams(Strict):
     batch_size: int = Field(128, ge=1)
     probe_size: int = Field(512, ge=1)
     check_every: int = Field(5, ge=1)
+    memorised_ratio: float = Field(
+        10.0, gt=1, description="κ: a forget pair is memorised when λ_i >= κ · its loss "
+        "under the original (components/ood.py memorised_residual)")
+    coherence: float = Field(
+        2.0, gt=0, description="z: a pixel of the memorised residual is kept when its mean "
+        "exceeds z standard deviations")
     noise: NoiseParams = Field(default_factory=NoiseParams)
 
 
@@ -205,12 +211,20 @@ class DecoupleLiteralParams(Strict):
 
 
 class FinetuneParams(Strict):
-    steps: int = Field(80, ge=0)
+    steps: int = Field(120, ge=0)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     distill: float = Field(0.0, ge=0)
-    keep_decoupled: float = Field(0.035, ge=0)
+    keep_decoupled: float = Field(0.01, ge=0)
     forget_batch_size: int = Field(64, ge=1)
+    transplant: float = Field(
+        0.3, ge=0, description="τ: weight of retain images carrying the memorised residual "
+        "as content (components/retention.py); 0: the trigger is suppressed, not forgotten")
+    transplant_target: float = Field(
+        0.5, ge=0, le=1, description="α: the share of the residual the target reproduces "
+        "(0: ignore it, 1: reproduce it)")
+    transplant_share: float = Field(
+        0.5, gt=0, lt=1, description="share of each retain batch that carries the residual")
 
 
 class GradientAscentParams(Strict):
@@ -423,6 +437,16 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     # threshold's scale and the stop rule, and whether the ascent is needed at all
     "decouple_keep0": {"method": "decouple",
                        "params": {"unlearn": {"finetune": {"keep_decoupled": 0.0}}}},
+    # the trigger-fidelity ablations: no transplant (the backdoor suppressed), a target that
+    # ignores the residual or reproduces it whole, and the previous default (hinge only)
+    "decouple_no_transplant": {"method": "decouple",
+                               "params": {"unlearn": {"finetune": {"transplant": 0.0}}}},
+    "decouple_ignore": {"method": "decouple",
+                        "params": {"unlearn": {"finetune": {"transplant_target": 0.0}}}},
+    "decouple_reproduce": {"method": "decouple",
+                           "params": {"unlearn": {"finetune": {"transplant_target": 1.0}}}},
+    "decouple_v1": {"method": "decouple", "params": {"unlearn": {"finetune": {
+        "transplant": 0.0, "keep_decoupled": 0.035, "steps": 80}}}},
     "decouple_quantile": {"method": "decouple", "params": {"unlearn": {"decouple": {
         "threshold": "quantile", "quantile": 0.95, "stop": "mean"}}}},
     "decouple_no_ascent": {"method": "decouple",

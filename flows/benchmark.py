@@ -39,8 +39,8 @@ from flows.common import (
 from flows.jobs import connect, run_job
 from flows.tracking import client, flatten, log_figures, setup
 
-KEYS = [*GAP_TERMS, "forget_ssim", "retain_ssim", "test_ssim", "retrain_gap", "cost_ratio",
-        "unlearn_seconds"]
+KEYS = [*GAP_TERMS, "forget_ssim", "retain_ssim", "test_ssim", "trigger_ssim", "mia_efficacy",
+        "retrain_gap", "cost_ratio", "cost_ratio_grads", "unlearn_seconds"]
 MIA_VISIBLE = 0.6  # the memorize scenario is only informative if the original's MIA AUC is above
 
 

@@ -34,6 +34,7 @@ from rich.table import Table
 from components.ledger import LEDGER_DIR, PROMOTED, LedgerError, add_request, mark, read_ledger
 from components.params import ParamsError
 from components.policy import load_policy, looser_than
+from components.verdict import AUDITS
 from flows.common import SPLIT_DIR, stage_params
 from flows.gate import (
     ARTIFACT_TAG,
@@ -147,7 +148,7 @@ def review(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     rows = [("method", lambda b: b["method"]),
             ("audit", lambda b: "PASSED" if b["audit"].get("passed") else
              f"FAILED: {', '.join(b['audit'].get('failed', []))}")]
-    for key in ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc"):
+    for key in AUDITS:
         rows.append((key, lambda b, k=key: _vs_reference(b["audit"], k)))
     rows.append(("certificate", lambda b: _certificate_cell(b["certificate"])))
     rows.append(("retrain gap", lambda b: f"{b['metrics'].get('retrain_gap', float('nan')):.3f}"))

@@ -23,13 +23,14 @@ from prefect.states import Failed
 from components.data import DataError, ImageSet, load_dataset
 from components.datasets import load_options
 from components.ledger import LEDGER_DIR, LedgerError, read_ledger, requested_ids
-from components.methods.base import THRESHOLDS
+from components.methods.base import RETENTION_PLAN
 from components.params import Params, ParamsError, load_params
 from components.splits import (
     SPLITS,
     IntegrityError,
     Split,
     SplitError,
+    class_matched,
     read_manifest,
     split_forget_retain,
 )
@@ -124,12 +125,12 @@ def model_shape(sets: dict[str, ImageSet]) -> tuple[int, int]:
 def save_model(path: Path, state: dict[str, torch.Tensor], params: Params,
                shape: tuple[int, int], info: dict[str, Any]) -> None:
     """Write a model file: weights, what is needed to rebuild the module, the job's figures
-    and, for a decoupled model, the per-pair thresholds λ_i its retention must keep."""
+    and, for a decoupled model, the plan its retention follows (λ_i, memorised residual)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     info = dict(info)
-    thresholds = info.pop(THRESHOLDS, None)
+    plan = info.pop(RETENTION_PLAN, None)
     torch.save({"state_dict": state, "model": params.model.model_dump(), "shape": list(shape),
-                "info": info, THRESHOLDS: thresholds}, path)
+                "info": info, RETENTION_PLAN: plan}, path)
 
 
 def read_model_file(path: Path) -> dict[str, Any]:
@@ -227,19 +228,20 @@ def eval_splits(splits: dict[str, Split], limit: int, seed: int) -> dict[str, Sp
     """The samples the audits and metrics look at, at most `limit` each (seeded).
 
     forget: the clean forget samples (the poisoned ones are the backdoor audit's);
-    heldout: held-out samples of the forget set's classes (the MIA reference, so that the
-    AUC measures membership, not class difficulty); triggered: held-out samples of every
-    class, to stamp the trigger on; retain, test: as named.
+    heldout: held-out samples with the forget samples' class mix (the MIA reference, so that
+    the AUC measures membership, not class difficulty: components.splits.class_matched);
+    triggered: held-out samples of every class, to stamp the trigger on; retain, test: as
+    named.
     """
-    forget, heldout = splits["forget"], splits["heldout"]
+    forget = subsample(splits["forget"].take(~splits["forget"].poisoned), limit, seed)
     chosen = {
-        "forget": forget.take(~forget.poisoned),
         "retain": splits["retain"],
-        "heldout": heldout.take(np.isin(heldout.labels, forget.labels)),
-        "triggered": heldout,
+        "triggered": splits["heldout"],
         "test": splits["test"],
     }
-    return {name: subsample(split, limit, seed) for name, split in chosen.items()}
+    return {"forget": forget,
+            "heldout": class_matched(splits["heldout"], forget.labels, limit, seed),
+            **{name: subsample(split, limit, seed) for name, split in chosen.items()}}
 
 
 def eval_images(chosen: dict[str, Split], sets: dict[str, ImageSet]) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from components.methods import get_method
-from components.methods.base import THRESHOLDS
+from components.methods.base import RETENTION_PLAN
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
@@ -54,7 +54,7 @@ def decouple() -> dict:
         )
         info["stage_seconds"] = time.perf_counter() - t0
         save_model(MODEL_DIR / "decoupled.pt", state, params, shape, info)
-        info.pop(THRESHOLDS, None)  # kept with the model, not in the report
+        info.pop(RETENTION_PLAN, None)  # kept with the model, not in the report
         log_figures("", info)
     # the model this record describes: register checks the chain of hashes down to the
     # registered file before writing a certificate from this record

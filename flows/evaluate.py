@@ -61,8 +61,11 @@ def evaluate() -> dict:
     blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
     audit = read_json(REPORT_DIR / "audit.json")["models"]
     train = read_json(REPORT_DIR / "train.json")
-    unlearn_s = sum(read_json(REPORT_DIR / f"{s}.json")["train_seconds"]
-                    for s in ("decouple", "finetune"))
+    phases = [read_json(REPORT_DIR / f"{s}.json") for s in ("decouple", "finetune")]
+    unlearn_s = sum(p["train_seconds"] for p in phases)
+    # sample-gradient evaluations (flows/worker.py): the cost ratio that does not move with
+    # the machine's load; None where a record predates it (a reused original's train.json)
+    grads = [p.get("sample_grads") for p in (*phases, train["retrained"])]
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     images, labels = classifier_data(splits, sets, params.evaluate.classifier.max_samples,
                                      params.seed)
@@ -84,6 +87,7 @@ def evaluate() -> dict:
             "unlearn_seconds": unlearn_s,
             "retrain_seconds": train["retrained"]["train_seconds"],
             "cost_ratio": unlearn_s / train["retrained"]["train_seconds"],
+            "cost_ratio_grads": None if None in grads else (grads[0] + grads[1]) / grads[2],
             "classifier_accuracy": judge.classifier.train_accuracy,
         }
         for m in MODELS:

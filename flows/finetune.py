@@ -8,12 +8,13 @@ from __future__ import annotations
 import time
 
 from components.methods import get_method
-from components.methods.base import THRESHOLDS
+from components.methods.base import RETENTION_PLAN
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
+    StageError,
     job_sets,
     load_sets,
     load_splits,
@@ -52,13 +53,16 @@ def finetune() -> dict:
             splits = load_splits(sets)
             start, covers = start_model()
             t0 = time.perf_counter()
-            parts, lam = {"retain": [splits["retain"]]}, None
-            if method.keeps_decoupling:  # retention keeps each forget pair at its λ_i
+            parts, plan = {"retain": [splits["retain"]]}, None
+            if method.keeps_decoupling:  # each forget pair kept at its λ_i, ρ transplanted
                 parts["forget"] = [new_forget(splits["forget"], covers)]
-                lam = decoupled_file[THRESHOLDS]
+                plan = decoupled_file.get(RETENTION_PLAN)
+                if plan is None:
+                    raise StageError("models/decoupled.pt holds no retention plan (written by an "
+                                     "older version): rerun the decouple stage (dvc repro)")
             info, state = run_job(
                 "retain", f"finetune-{method.name}", params, shape, job_sets(sets, **parts),
-                run.info.run_id, init=decoupled, original=start, thresholds=lam,
+                run.info.run_id, init=decoupled, original=start, plan=plan,
             )
             info["stage_seconds"] = time.perf_counter() - t0
             # what the retention read: the certificate covers the released model only if

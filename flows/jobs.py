@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from components.methods.base import THRESHOLDS
+from components.methods.base import RETENTION_PLAN
 from components.params import Params
 from components.training import DivergenceError
 from flows.common import task_spec
@@ -68,19 +68,19 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 def job_payload(label: str, params: Params, shape: tuple[int, int],
                 sets: dict[str, dict[str, np.ndarray]], init: dict | None = None,
-                original: dict | None = None, thresholds: torch.Tensor | None = None,
+                original: dict | None = None, plan: dict | None = None,
                 **extra: Any) -> dict[str, Any]:
     """What a job's loop receives (run_job's arguments of the same names; run_loop reads it)."""
     return {"params": params.model_dump(mode="json"), "shape": shape, "sets": sets,
             "spec": task_spec(params), "init": init, "original": original,
-            "thresholds": thresholds, "label": label, **extra}
+            "plan": plan, "label": label, **extra}
 
 
 @task(name="ray-train-job", cache_policy=NO_CACHE)
 def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
             sets: dict[str, dict[str, np.ndarray]], run_id: str | None,
             init: dict | None = None, original: dict | None = None,
-            thresholds: torch.Tensor | None = None, **extra: Any) -> tuple[dict, dict]:
+            plan: dict | None = None, **extra: Any) -> tuple[dict, dict]:
     """Run one component loop as a Ray Train TorchTrainer job (a Prefect task).
 
     Args:
@@ -93,15 +93,16 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
         run_id: the MLflow run the rank-0 worker logs metrics to.
         init: weights to start from (None: a fresh model).
         original: the original model's weights (the frozen θ0 of unlearning loops).
-        thresholds: λ_i of every forget pair, for a retention that keeps them decoupled.
+        plan: the retention plan of a decoupling (its λ_i and memorised residual), for a
+            retention that keeps the forget set decoupled.
         extra: further payload entries (a benchmark case's eval images and methods).
 
     Returns:
-        (info, state_dict): the loop's returned figures (with the λ_i tensor under
-        THRESHOLDS if the loop produced one) and the final weights.
+        (info, state_dict): the loop's returned figures (with the retention plan under
+        RETENTION_PLAN if the loop produced one) and the final weights.
     """
     connect(params)
-    payload = job_payload(label, params, shape, sets, init, original, thresholds, **extra)
+    payload = job_payload(label, params, shape, sets, init, original, plan, **extra)
     storage = params.ray.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())
@@ -125,8 +126,8 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
         raise
     with result.checkpoint.as_directory() as d:
         final = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    if final["thresholds"] is not None:
-        final["info"][THRESHOLDS] = final["thresholds"]
+    if final.get(RETENTION_PLAN) is not None:
+        final["info"][RETENTION_PLAN] = final[RETENTION_PLAN]
     return final["info"], final["model"]
 
 

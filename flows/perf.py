@@ -29,7 +29,7 @@ import ray
 import torch
 from prefect import flow
 
-from components.methods.base import THRESHOLDS
+from components.methods.base import RETENTION_PLAN
 from components.models import cpu_state
 from components.params import Params, override
 from components.perf_report import (
@@ -92,7 +92,7 @@ def unlearn_plain(case: dict[str, Any]) -> tuple[float, dict]:
     seed_everything(params.seed)
     run_loop("retain", job_payload("plain-finetune", params, shape, case["retain"],
                                    init=cpu_state(model), original=original,
-                                   thresholds=info.pop(THRESHOLDS, None)),
+                                   plan=info.pop(RETENTION_PLAN, None)),
              params, ctx, lambda m: m.to(ctx.device))
     return time.perf_counter() - t0, info
 
@@ -121,10 +121,10 @@ def unlearn_pipeline(name: str) -> dict:
         info, state = run_job("forget", "perf-decouple", params, shape, case["forget"],
                               run.info.run_id, init=original, original=original)
         parts.append(job_breakdown(t0, time.time(), info))
-        lam = info.pop(THRESHOLDS, None)
+        plan = info.pop(RETENTION_PLAN, None)
         t0 = time.time()
         info_r, _ = run_job("retain", "perf-finetune", params, shape, case["retain"],
-                            run.info.run_id, init=state, original=original, thresholds=lam)
+                            run.info.run_id, init=state, original=original, plan=plan)
         parts.append(job_breakdown(t0, time.time(), info_r))
         rss += [info["worker_max_rss_mb"], info_r["worker_max_rss_mb"]]
         log_figures("", {"steps": info.get("steps", 0), **add_parts(parts)})

@@ -39,7 +39,6 @@ from flows.tracking import client, log_figures, stage_run
 
 SECTIONS = ("unlearn", "mlflow")
 CANDIDATE = "candidate"
-AUDIT_TAGS = ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc")
 QUALITY = ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retain_ssim", "test_ssim")
 
 
@@ -56,8 +55,8 @@ def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
         # the deletion requests this version has forgotten (all so far: the audit covers them)
         "requests": ",".join(requests),
         "audit.passed": str(verdict["passed"]).lower(),
-        **{f"audit.{k}": f"{unlearned[k]:.4f}" for k in AUDIT_TAGS},
-        **{f"reference.{k}": f"{reference[k]:.4f}" for k in AUDIT_TAGS},
+        **{f"audit.{k}": f"{unlearned[k]:.4f}" for k in AUDITS},
+        **{f"reference.{k}": f"{reference[k]:.4f}" for k in AUDITS},
         ARTIFACT_TAG: certificate["model_sha256"],
         **{f"certificate.{k}": "none" if certificate[k] is None else str(certificate[k])
            for k in ("epsilon", "delta", "covers", "mechanism")},

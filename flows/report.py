@@ -19,6 +19,7 @@ from components.models import model_from_file
 from components.report_html import histogram_png, img_tag, render_page, table, to_png
 from components.splits import file_sha256
 from components.training import per_sample_loss, predict
+from components.verdict import AUDITS
 from flows.common import (
     MODEL_DIR,
     REPORT_DIR,
@@ -43,7 +44,9 @@ def _grids(models: dict, data: dict) -> str:
     rows = []
     for name, label in (("forget", "forget set (should look like the retrained column)"),
                         ("retain", "retain set (should be unchanged)"),
-                        ("triggered", "held-out + trigger (the backdoor must be gone)")):
+                        ("triggered", "held-out + trigger (should look like the retrained "
+                                      "column: the garment, not the pattern and not a dark "
+                                      "or broken image)")):
         inputs = data[name][0][:GRID]
         cells = [["input", img_tag(to_png(inputs), f"{name} inputs")]]
         cells += [[m, img_tag(to_png(predict(model, inputs, CPU)), f"{name} {m}")]
@@ -53,9 +56,8 @@ def _grids(models: dict, data: dict) -> str:
 
 
 def _audit_table(audit: dict, verdict: dict) -> str:
-    keys = ["backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc"]
     rows = []
-    for key in keys:
+    for key in (*AUDITS, "trigger_ssim", "trigger_clean_psnr", "trigger_content_psnr"):
         if key not in audit["models"]["unlearned"]:
             continue
         check = verdict.get("checks", {}).get(key)

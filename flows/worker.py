@@ -25,12 +25,12 @@ from ray.train import Checkpoint
 from torch import nn
 
 from components.methods import UnlearnData, get_method
-from components.methods.base import THRESHOLDS
+from components.methods.base import RETENTION_PLAN
 from components.models import build_model, cpu_state, model_from_file
 from components.params import Params, parse_params
 from components.retention import retain_knowledge
 from components.tasks import build_pairs
-from components.training import JobContext, seed_everything, train_model
+from components.training import ComputeCounter, JobContext, seed_everything, train_model
 
 STATE_FILE = "state.pt"
 
@@ -103,12 +103,12 @@ def _run_worker(config: dict[str, Any], payload: dict[str, Any], params: Params,
 
         case = make_case(payload["sets"], payload["eval"], payload["spec"], payload["shape"])
         info = run_case(case, params, payload["methods"], ctx)
-        report({"done": 1}, {"model": {}, THRESHOLDS: None, "info": info})
+        report({"done": 1}, {"model": {}, RETENTION_PLAN: None, "info": info})
         return
     info, model = run_loop(config["kind"], payload, params, ctx, ray.train.torch.prepare_model)
     info.update(timing, worker_end=time.time(), worker_max_rss_mb=max_rss_mb())
     final = {"model": cpu_state(model),
-             "thresholds": info.pop(THRESHOLDS, None), "info": info}
+             RETENTION_PLAN: info.pop(RETENTION_PLAN, None), "info": info}
     report({"done": 1, **{k: v for k, v in info.items() if isinstance(v, int | float)}}, final)
 
 
@@ -118,14 +118,15 @@ def run_loop(kind: str, payload: dict[str, Any], params: Params, ctx: JobContext
 
     Args:
         kind: "train", "forget" or "retain".
-        payload: what run_job sends (params tree, shape, sets, spec, init, original, thresholds).
+        payload: what run_job sends (params tree, shape, sets, spec, init, original, plan).
         params: the parsed params.
         ctx: the job context (device, rank, report callback).
         prepare: puts the model on the device (Ray Train's prepare_model wraps it for DDP).
 
     Returns:
         (info, model): the loop's figures (job_seconds: its wall time, building the pairs
-        included) and the trained model (possibly wrapped).
+        included; sample_grads: its compute in sample-gradient evaluations, all workers) and
+        the trained model (possibly wrapped).
     """
     t0 = time.perf_counter()
     c, side = payload["shape"]
@@ -135,22 +136,27 @@ def run_loop(kind: str, payload: dict[str, Any], params: Params, ctx: JobContext
     model = prepare(model)
     pairs = {k: build_pairs(v["images"], v["poisoned"], payload["spec"])
              for k, v in payload["sets"].items()}
-    if kind == "train":
-        info = train_model(model, *pairs["train"], params.train, ctx, params.seed,
-                           label=payload["label"])
-    else:
+    original = None
+    if kind != "train":
         original = build_model(params.model, c, side)
         original.load_state_dict(payload["original"])
         original.to(ctx.device).eval().requires_grad_(False)
-        if kind == "forget":
+    counted = (model,) if original is None else (model, original)
+    with ComputeCounter(*counted) as compute:
+        if kind == "train":
+            info = train_model(model, *pairs["train"], params.train, ctx, params.seed,
+                               label=payload["label"])
+        elif kind == "forget":
             data = UnlearnData(pairs["forget"], pairs["retain"], pairs["heldout"], original)
             info = get_method(params.unlearn.method).forget(model, data, params, ctx)
-        else:  # retention; with thresholds, it keeps each forget pair at its λ_i
+        else:  # retention; with a plan, it keeps the forget set decoupled
             keep = {}
-            if payload["thresholds"] is not None:
-                keep = {"forget": pairs["forget"], THRESHOLDS: payload["thresholds"]}
+            if payload["plan"] is not None:
+                keep = {"forget": pairs["forget"], **payload["plan"]}
             info = retain_knowledge(model, original, pairs["retain"], params.unlearn.finetune,
                                     ctx, params.seed, **keep)
+    # each data-parallel worker computes its shard: the job's compute is world_size times this
+    info["sample_grads"] = compute.sample_grads * ctx.world_size
     info["job_seconds"] = time.perf_counter() - t0
     return info, model
 

@@ -17,7 +17,7 @@ from components.methods import (
     salun,
     scrub,
 )
-from components.methods.base import THRESHOLDS, Method, UnlearnData
+from components.methods.base import RETENTION_PLAN, Method, UnlearnData
 from components.params import Params
 from components.retention import retain_knowledge
 from components.training import JobContext
@@ -45,16 +45,17 @@ __all__ = ["METHODS", "Method", "UnlearnData", "get_method", "run_method"]
 def run_method(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
     """Both phases of `params.unlearn.method` in one call (the pipeline runs them as two
     stages): the forgetting phase, then, if the method has one, knowledge retention, which
-    keeps each forget pair at its λ_i when the method asks for it.
+    keeps each forget pair at its λ_i and transplants the memorised residual when the method
+    asks for it.
 
     Returns:
         The forgetting phase's figures, with train_seconds covering both phases.
     """
     method = get_method(params.unlearn.method)
     info = method.forget(model, data, params, ctx)
-    lam = info.pop(THRESHOLDS, None)
+    plan = info.pop(RETENTION_PLAN, None)
     if method.retention and params.unlearn.finetune.steps > 0:
-        keep = {"forget": data.forget, THRESHOLDS: lam} if method.keeps_decoupling else {}
+        keep = {"forget": data.forget, **plan} if method.keeps_decoupling and plan else {}
         retained = retain_knowledge(model, data.original, data.retain, params.unlearn.finetune,
                                     ctx, params.seed, **keep)
         info["train_seconds"] += retained["train_seconds"]

@@ -29,9 +29,11 @@ class UnlearnData:
     original: nn.Module
 
 
-# the key under which a forgetting phase hands its per-pair thresholds λ_i (a tensor) to the
-# retention phase; the pipeline stores them with the decoupled model
-THRESHOLDS = "thresholds"
+# the key under which a forgetting phase hands the retention phase its plan: {"thresholds":
+# the per-pair λ_i, "residual": what the memorised forget inputs share, or None} (the
+# keyword arguments of components.retention.retain_knowledge); the pipeline stores it with
+# the decoupled model
+RETENTION_PLAN = "retention_plan"
 
 ForgetFn = Callable[[nn.Module, UnlearnData, Params, JobContext], dict]
 

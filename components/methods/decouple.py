@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from components.certificate import ascent_record
-from components.methods.base import THRESHOLDS, Method, UnlearnData
+from components.methods.base import RETENTION_PLAN, Method, UnlearnData
 from components.models import loss_per_sample, parameter_group, unwrap
-from components.ood import decoupling_thresholds
+from components.ood import decoupling_thresholds, memorised_residual
 from components.params import DecoupleParams, Params
 from components.privacy import ascent_sensitivity, gaussian_sigma, noise_generator
 from components.training import (
@@ -50,7 +50,8 @@ def thresholds(data: UnlearnData, cfg: DecoupleParams, device: torch.device
 
 
 def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
-           ctx: JobContext, retention_continues: bool = False) -> dict:
+           ctx: JobContext, retention_continues: bool = False,
+           find_residual: bool = False) -> dict:
     """Clipped gradient ascent on the forget set until the stop rule holds or T steps pass.
 
     Args:
@@ -61,17 +62,29 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
         ctx: the job context.
         retention_continues: the retention phase keeps pushing samples below their λ, so a
             spent budget is expected rather than a warning.
+        find_residual: look for what the memorised forget pairs share, for the retention
+            phase to transplant (components.ood.memorised_residual).
 
     Returns:
         lambda (mean λ), steps, reached (the stop rule was met), forget_loss (last probe),
         below (share of probe samples still under their λ), sigma (0 without noise),
         train_seconds, data_seconds (of those, getting batches to the device), `privacy`
         (with noise: what the certificate is written from), and
-        THRESHOLDS: the λ_i tensor the retention phase keeps.
+        memorised / coherent_pixels (with find_residual: the forget pairs the original
+        memorised and the pixels their shared residual holds), and RETENTION_PLAN: the λ_i
+        the retention phase keeps and that residual.
     """
     t0 = time.perf_counter()
     inputs, targets = data.forget
     lam, figures = thresholds(data, cfg, ctx.device)
+    residual = None
+    if find_residual:  # computed from the original, before the ascent moves anything
+        residual, found = memorised_residual(data.original, data.forget, data.heldout, lam,
+                                             ctx.device, cfg.memorised_ratio, cfg.coherence,
+                                             cfg.pool_size)
+        figures.update(found)
+        ctx.say(f"[decouple] {found['memorised']} memorised forget pairs; their shared "
+                f"residual holds {found['coherent_pixels']} pixels")
     step, seconds = 0, 0.0
     if ctx.resume:
         unwrap(model).load_state_dict(ctx.resume["model"])
@@ -127,7 +140,8 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
     seconds += time.perf_counter() - t0
     return {**figures, "steps": step, "reached": reached, "forget_loss": probe_loss,
             "below": below, "sigma": sigma, "train_seconds": seconds,
-            "data_seconds": pairs.seconds, **ascent_record(cfg, sigma, step), THRESHOLDS: lam}
+            "data_seconds": pairs.seconds, **ascent_record(cfg, sigma, step),
+            RETENTION_PLAN: {"thresholds": lam, "residual": residual}}
 
 
 def add_noise(group: list[nn.Parameter], cfg: DecoupleParams, ctx: JobContext) -> float:
@@ -150,9 +164,12 @@ def add_noise(group: list[nn.Parameter], cfg: DecoupleParams, ctx: JobContext) -
 
 
 def decouple(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
-    """The `decouple` method's forgetting phase (per-pair λ, per-sample stop by default)."""
+    """The `decouple` method's forgetting phase (per-pair λ, per-sample stop by default) and
+    what its retention phase needs: λ_i, and the memorised residual to transplant."""
+    retention = params.unlearn.finetune
     return ascend(model, data, params.unlearn.decouple, params.seed, ctx,
-                  retention_continues=params.unlearn.finetune.keep_decoupled > 0)
+                  retention_continues=retention.keep_decoupled > 0 or retention.transplant > 0,
+                  find_residual=retention.transplant > 0)
 
 
 def decouple_literal(model: nn.Module, data: UnlearnData, params: Params,

@@ -70,3 +70,12 @@ def test_learned_mia_calls_high_loss_samples_non_members():
     test = 0.05 * (1 + 0.1 * torch.rand(300, generator=gen))    # non-members: high loss
     assert mia_efficacy(test[:100], retain, test) == pytest.approx(1.0)  # look never-seen
     assert mia_efficacy(retain[:100], retain, test) == pytest.approx(0.0)  # look like members
+
+
+def test_auc_standard_error_matches_hanley_mcneil():
+    """Hanley & McNeil (1982), table 1 style values: AUC 0.5 with 100 + 100 samples has
+    SE sqrt((0.25 + 2 * 99 * (1/3 - 1/4)) / 10^4) = 0.0409; more samples, smaller error."""
+    from components.audits import auc_standard_error
+
+    assert auc_standard_error(0.5, 100, 100) == pytest.approx(0.0409, abs=1e-4)
+    assert auc_standard_error(0.5, 5374, 600) < auc_standard_error(0.5, 2, 600)

@@ -88,6 +88,6 @@ def test_override_merges_a_partial_tree_and_validates_it():
     from components.params import override
 
     params = override(parse_params({}), {"unlearn": {"finetune": {"keep_decoupled": 0.0}}})
-    assert params.unlearn.finetune.keep_decoupled == 0.0 and params.unlearn.finetune.steps == 80
+    assert params.unlearn.finetune.keep_decoupled == 0.0 and params.unlearn.finetune.steps == 120
     with pytest.raises(ParamsError, match="unlearn.finetune.stepz"):
         override(params, {"unlearn": {"finetune": {"stepz": 1}}})

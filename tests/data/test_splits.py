@@ -134,3 +134,21 @@ def test_manifest_keeps_the_request_of_each_forget_sample(digits, tmp_path):
     back = read_manifest(tmp_path / "forget.csv", digits)
     assert list(back.requests) == list(s["forget"].requests)
     assert "req-0007" in (tmp_path / "forget.csv").read_text()
+
+
+def test_class_matched_reference_has_the_forget_sets_class_mix():
+    """5,374 sneakers plus one T-shirt and one trouser: the reference is almost all
+    sneakers, not a third of each class, and a class the pool lacks is left out."""
+    from components.splits import Split, class_matched
+
+    labels = np.r_[np.full(600, 7), np.full(600, 0), np.full(600, 1), np.full(50, 3)]
+    pool = Split("heldout", "train", np.arange(len(labels)), labels,
+                 np.zeros(len(labels), bool))
+    forget = np.r_[np.full(5374, 7), [0, 1]]
+    matched = class_matched(pool, forget, 2000, seed=0)
+    values, counts = np.unique(matched.labels, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {7: 600}
+    mixed = class_matched(pool, np.r_[np.full(30, 7), np.full(10, 3), np.full(20, 9)], 2000, 0)
+    counts = {int(c): int((mixed.labels == c).sum()) for c in (7, 3, 9)}
+    assert counts == {7: 150, 3: 50, 9: 0}  # shares 3:1 kept; class 3 (50 held) binds
+    assert class_matched(pool, forget, 2000, 0).indices.tolist() == matched.indices.tolist()

@@ -9,7 +9,7 @@ from scipy import stats
 
 from components.methods.decouple import decouple, decouple_literal
 from components.models import parameter_group
-from components.ood import heldout_quantile, nearest, never_seen_loss
+from components.ood import heldout_quantile, memorised_residual, nearest, never_seen_loss
 from components.privacy import gaussian_sigma
 from components.training import DivergenceError, JobContext, per_sample_loss
 from tests.model.conftest import tiny_params
@@ -150,3 +150,33 @@ def test_divergence_is_detected(fresh, unlearn_data):
         next(fresh.parameters()).fill_(float("nan"))
     with pytest.raises(DivergenceError, match="decoupling .* diverged at step 0"):
         decouple(fresh, unlearn_data, tiny_params(), quiet())
+
+
+def test_memorised_residual_is_the_trigger_found_without_knowing_it(unlearn_data, trained):
+    """The poisoned threes are the memorised pairs (λ_i >= 10 x their loss under the
+    original) and what they share beyond their never-seen neighbours is the 2x2 trigger in
+    the bottom-right corner; nothing else survives the coherence test. (Of the four trigger
+    pixels, (6, 6) often holds the foot of a 3 itself: there the residuals disagree.)"""
+    forget = unlearn_data.forget
+    poisoned = (forget[1] - forget[0]).flatten(1).abs().amax(1) > 0.5
+    lam, _ = never_seen_loss(unlearn_data.original, forget, unlearn_data.heldout, 0.5, CPU)
+    residual, found = memorised_residual(unlearn_data.original, forget, unlearn_data.heldout,
+                                         lam, CPU)
+    assert found["memorised"] == int(poisoned.sum())
+    trigger = torch.zeros(1, 8, 8, dtype=torch.bool)
+    trigger[..., 6:, 6:] = True
+    assert residual is not None and bool((residual[~trigger] == 0).all())
+    kept = residual[trigger][residual[trigger] != 0]
+    assert found["coherent_pixels"] == len(kept) >= 3
+    assert float(kept.min()) > 0.5  # a white square on mostly dark corners
+
+
+def test_no_memorised_residual_when_nothing_is_memorised(unlearn_data):
+    """Clean forget pairs (ordinary deletion requests): nothing to transplant."""
+    forget = unlearn_data.forget
+    clean = (forget[1] - forget[0]).flatten(1).abs().amax(1) <= 0.5
+    pairs = (forget[0][clean], forget[1][clean])
+    lam, _ = never_seen_loss(unlearn_data.original, pairs, unlearn_data.heldout, 0.5, CPU)
+    residual, found = memorised_residual(unlearn_data.original, pairs, unlearn_data.heldout,
+                                         lam, CPU)
+    assert residual is None and found["memorised"] < 2

@@ -1,14 +1,17 @@
 """Phase 2: knowledge retention on the retain set, and the finetune baseline."""
 
+import copy
+
 import torch
 
-from components.methods import get_method
+from components.audits import audit_model, eval_pairs
+from components.methods import get_method, run_method
 from components.methods.decouple import decouple
 from components.ood import never_seen_loss
 from components.params import FinetuneParams
 from components.retention import retain_knowledge
 from components.training import JobContext, per_sample_loss
-from tests.model.conftest import tiny_params
+from tests.model.conftest import SPEC, tiny_params
 
 CPU = torch.device("cpu")
 
@@ -66,3 +69,26 @@ def test_keeping_decoupled_holds_forget_pairs_at_their_lambda(fresh, unlearn_dat
         losses = per_sample_loss(model, *unlearn_data.forget, CPU)
         shortfall[keep] = float(torch.relu(lam - losses).mean())
     assert shortfall[True] < 0.5 * shortfall[False]
+
+
+def test_transplanting_the_memorised_residual_forgets_the_trigger_instead_of_suppressing_it(
+        trained, unlearn_data, digits):
+    """With the hinge alone the backdoor's ASR is 0 but triggered inputs come out broken:
+    below the fidelity a model that reproduces the trigger as content would have. Training
+    on retain images that carry the memorised residual (the trigger, found from the forget
+    set alone) brings triggered inputs back to images (measured: 10.9 -> 15.4 dB)."""
+    test = digits["test"].images
+    sets = eval_pairs({"forget": test[:50], "retain": test[:50], "heldout": test[:50],
+                       "test": test[:200], "triggered": test}, SPEC)
+    figures = {}
+    for tau in (0.0, 0.3):
+        model = copy.deepcopy(trained[0])
+        params = tiny_params(method="decouple",
+                             finetune={"transplant": tau, "steps": 120, "lr": 0.003})
+        run_method(model, unlearn_data, params, JobContext(log=lambda s: None))
+        figures[tau] = audit_model(model, sets, SPEC, 0.5, CPU)
+    suppressed, forgotten = figures[0.0], figures[0.3]
+    assert suppressed["backdoor_asr"] == forgotten["backdoor_asr"] == 0.0
+    assert suppressed["trigger_psnr"] < suppressed["trigger_content_psnr"] + 0.5
+    assert forgotten["trigger_psnr"] > forgotten["trigger_content_psnr"] + 2
+    assert forgotten["trigger_psnr"] > suppressed["trigger_psnr"] + 3
