@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 COLUMNS = ["retrain_gap", "cost_ratio_grads", "cost_ratio", "backdoor_asr", "trigger_psnr",
-           "mia_auc", "mia_efficacy", "ood_auroc", "forget_psnr", "retain_psnr", "test_psnr"]
+           "mia_auc", "mia_efficacy", "ood_auroc", "forget_psnr", "retain_psnr", "test_psnr",
+           "audit_passed"]
 # columns where lower is better; for the others, closer to the retrained reference is better
 LOWER_IS_BETTER = {"retrain_gap", "cost_ratio", "cost_ratio_grads"}
 NOT_RANKED = {"original", "reference"}  # rows shown for reading, never "best"
@@ -46,6 +47,9 @@ def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
     if scenario in ("class", "sample"):
         asr, ref = _mean(summary, method, "backdoor_asr"), _mean(summary, "retrain", "backdoor_asr")
         checks["backdoor"] = (asr <= ref + ASR_MARGIN, f"{asr:.3f} <= {ref:.3f} + {ASR_MARGIN}")
+        if "audit_passed" in summary[method]:  # the pipeline's verdict, trigger fidelity in
+            rate = _mean(summary, method, "audit_passed")
+            checks["audit"] = (rate == 1.0, f"passed in {rate:.0%} of the seeds")
     return {"noise_floor": floor, "best_other": best, "best_other_gap": others.get(best),
             "checks": {k: {"passed": bool(ok), "detail": d} for k, (ok, d) in checks.items()}}
 

@@ -23,6 +23,7 @@ from components.benchmark import summarize
 from components.benchmark_report import check_bar, plot, to_markdown
 from components.metrics import GAP_TERMS
 from components.params import Params, ParamsError, merge_tree, override
+from components.verdict import audit_verdict
 from flows.common import (
     REPORT_DIR,
     draw_splits,
@@ -40,7 +41,7 @@ from flows.jobs import connect, run_job
 from flows.tracking import client, flatten, log_figures, setup
 
 KEYS = [*GAP_TERMS, "forget_ssim", "retain_ssim", "test_ssim", "trigger_ssim", "mia_efficacy",
-        "retrain_gap", "cost_ratio", "cost_ratio_grads", "unlearn_seconds"]
+        "retrain_gap", "cost_ratio", "cost_ratio_grads", "unlearn_seconds", "audit_passed"]
 MIA_VISIBLE = 0.6  # the memorize scenario is only informative if the original's MIA AUC is above
 
 
@@ -108,6 +109,9 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
         report["wall_seconds"] = time.perf_counter() - t0
         paths = {ext: REPORT_DIR / f"{out}.{ext}" for ext in ("json", "md", "png")}
         write_json(paths["json"], report)
+        # every case's figures, for readings the summary cannot give (per-seed verdicts)
+        write_json(REPORT_DIR / f"{out}_cases.json",
+                   {f"{n}/{s}": case for (n, s), case in results.items()})
         paths["md"].write_text(to_markdown(report))
         plot(report, paths["png"])
         for name in names:
@@ -120,11 +124,23 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
     return report
 
 
+def judge_cases(base: Params, results: dict[tuple[str, int], dict]) -> None:
+    """Add each row's audit verdict against its case's reference (audit_passed: 1 or 0, so
+    that its mean over seeds is the pass rate), as the pipeline's audit stage judges."""
+    for (name, seed), case in results.items():
+        audit = scenario_params(base, name, seed, 1.0).audit
+        for row, figures in case.items():
+            if isinstance(figures, dict) and row != "reference":
+                figures["audit_passed"] = float(
+                    audit_verdict(figures, case["reference"], audit)["passed"])
+
+
 def build_report(base: Params, seeds: list[int], names: list[str],
                  results: dict[tuple[str, int], dict]) -> dict:
     """reports/benchmark.json: per scenario, per row, mean and std over seeds, and the bar."""
     rows = ["original", *base.benchmark.methods, "reference"]
     report = {"dataset": base.data.dataset, "seeds": seeds, "scenarios": {}}
+    judge_cases(base, results)
     for name in names:
         cases = [results[(name, s)] for s in seeds]
         block = {"methods": summarize(cases, rows, KEYS),

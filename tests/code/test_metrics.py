@@ -68,8 +68,20 @@ def test_learned_mia_calls_high_loss_samples_non_members():
     gen = torch.Generator().manual_seed(0)
     retain = 0.01 * (1 + 0.1 * torch.rand(300, generator=gen))  # members: low loss
     test = 0.05 * (1 + 0.1 * torch.rand(300, generator=gen))    # non-members: high loss
-    assert mia_efficacy(test[:100], retain, test) == pytest.approx(1.0)  # look never-seen
-    assert mia_efficacy(retain[:100], retain, test) == pytest.approx(0.0)  # look like members
+    assert mia_efficacy(test[:100], retain, test) > 0.95  # look never-seen
+    assert mia_efficacy(retain[:100], retain, test) < 0.05  # look like members
+
+
+def test_learned_mia_is_stable_where_members_cannot_be_told_apart():
+    """No overfitting: retain and test losses from one distribution. The hard share of
+    non-member calls depends on where an arbitrary threshold falls (0.00 vs 0.43 for two
+    retrainings on Fashion-MNIST); the soft share is 0.5 give or take sampling noise."""
+    shares = []
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        retain, test, forget = (0.01 * (1 + torch.rand(n, generator=gen)) for n in (500, 500, 200))
+        shares.append(mia_efficacy(forget, retain, test))
+    assert all(abs(s - 0.5) < 0.05 for s in shares)
 
 
 def test_auc_standard_error_matches_hanley_mcneil():

@@ -63,7 +63,8 @@ def test_membership_audits_see_a_memorised_set(digits):
     audit = audit_model(model, {"forget": pairs["members"], "retain": pairs["members"],
                                 "heldout": pairs["outsiders"], "test": pairs["outsiders"],
                                 "triggered": pairs["fresh"]}, SPEC, 0.5, CPU)
-    assert audit["mia_auc"] > 0.9 and audit["mia_efficacy"] < 0.2
+    # soft share of non-member calls (components/audits.py): members sit far below 0.5
+    assert audit["mia_auc"] > 0.9 and audit["mia_efficacy"] < 0.3
 
 
 class _Known(torch.nn.Module):
