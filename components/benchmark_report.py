@@ -54,6 +54,63 @@ def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
             "checks": {k: {"passed": bool(ok), "detail": d} for k, (ok, d) in checks.items()}}
 
 
+# a reference-free pass is unsafe where the reference-based audit failed on these: the model
+# keeps the backdoor, or answers the trigger unlike a retrained model
+UNSAFE = ("backdoor_asr", "trigger_psnr")
+
+
+def verdict_agreement(records: list[dict]) -> dict:
+    """How far the reference-free verdict can be trusted: a 2x2 table of the two verdicts
+    over every judged (scenario, seed, row), their agreement, the disagreements, and the
+    unsafe ones (reference-free passed, while against the reference the backdoor or the
+    trigger fidelity failed).
+
+    Args:
+        records: flows.benchmark.judge_cases's records.
+
+    Returns:
+        {"table": {"pass/pass", "pass/fail", "fail/pass", "fail/fail"} (retrained/free),
+         "agreement", "cases", "disagreements": [...], "unsafe": [...]}.
+    """
+    table = {f"{a}/{b}": 0 for a in ("pass", "fail") for b in ("pass", "fail")}
+    disagree, unsafe = [], []
+    for r in records:
+        table[f"{'pass' if r['retrained'] else 'fail'}/"
+              f"{'pass' if r['reference_free'] else 'fail'}"] += 1
+        if r["retrained"] != r["reference_free"]:
+            disagree.append(r)
+            if r["reference_free"] and set(r["failed_retrained"]) & set(UNSAFE):
+                unsafe.append(r)
+    n = len(records)
+    return {"table": table, "cases": n, "agreement": (n - len(disagree)) / n if n else None,
+            "disagreements": disagree, "unsafe": unsafe}
+
+
+def agreement_markdown(verdicts: dict) -> list[str]:
+    """The verdict-agreement section of benchmark.md."""
+    t = verdicts["table"]
+    lines = ["## Reference-free verdict vs the retrained reference", "",
+             "Every (scenario, seed, method) judged twice, as the audit stage would: against "
+             "the retrained reference, and reference-free (held-out data and the model's own "
+             "figures only; components/verdict.py).", "",
+             "| | reference-free passes | reference-free fails |", "|---|---|---|",
+             f"| retrained-reference passes | {t['pass/pass']} | {t['pass/fail']} |",
+             f"| retrained-reference fails | {t['fail/pass']} | {t['fail/fail']} |", "",
+             f"Agreement: {verdicts['agreement']:.1%} of {verdicts['cases']} cases. Unsafe "
+             f"passes (reference-free passes a model whose backdoor or trigger fidelity "
+             f"fails against the reference): {len(verdicts['unsafe'])}.", ""]
+    if verdicts["disagreements"]:
+        lines += ["| scenario | seed | method | against the reference | reference-free |",
+                  "|---|---|---|---|---|"]
+        for r in verdicts["disagreements"]:
+            cells = ["passed" if r[k] else "failed: " + ", ".join(r[f"failed_{k}"])
+                     for k in ("retrained", "reference_free")]
+            lines.append(f"| {r['scenario']} | {r['seed']} | {r['row']} | {cells[0]} | "
+                         f"{cells[1]} |")
+        lines.append("")
+    return lines
+
+
 def _best(summary: dict, key: str) -> str:
     """The unlearning method with the best value of `key` (retraining itself is not ranked)."""
     rows = [r for r in summary if r not in NOT_RANKED | {"retrain"} and key in summary[r]]
@@ -95,6 +152,8 @@ def to_markdown(report: dict) -> str:
         for note in block.get("notes", []):
             lines += ["", note]
         lines.append("")
+    if report.get("verdicts"):
+        lines += agreement_markdown(report["verdicts"])
     return "\n".join(lines)
 
 

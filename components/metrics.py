@@ -20,6 +20,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from components.classifier import Classifier, classifier_features, train_classifier
 from components.fid import feature_stats, frechet_distance, inception_features, load_inception
 from components.params import EvaluateParams
+from components.tasks import TaskSpec, task_mask
 from components.training import predict, sample_losses
 
 # The retrain gap compares these figures; PSNRs enter in units of 10 dB so that every
@@ -150,3 +151,38 @@ def quality_metrics(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, 
             feats = inception_features(outputs[: judge.fid_max_samples], inception, device)
             out[f"{name}_fid"] = frechet_distance(feature_stats(feats), judge.fid_reference[name])
     return out
+
+
+def learned_check(model: torch.nn.Module, pairs: tuple[torch.Tensor, torch.Tensor],
+                  mean_image: torch.Tensor, spec: TaskSpec, margin_db: float,
+                  device: torch.device) -> dict:
+    """Did the model learn its task? Its held-out PSNR against the best trivial generator's.
+
+    The trivial generators: the mean training image for every input, and, where the task
+    hides part of the input (inpaint, outpaint), the visible pixels copied with the mean
+    image in the hidden part. (For reconstruction copying the input *is* the task, so only
+    the mean image counts.) Measured on a 1,437-image digits folder at 5 epochs: original,
+    unlearned and retrained vqtoken models all at 8.59 dB, a diffusion inpainter at 5.4 dB,
+    all below copying the visible pixels, and every audit "passed": nothing to forget.
+
+    Args:
+        model: the model to check.
+        pairs: held-out (inputs, targets).
+        mean_image: the mean training image (C, H, W) in [0, 1].
+        spec: the task.
+        margin_db: how far above the best trivial generator the model must be.
+        device: where to run the model.
+
+    Returns:
+        {"psnr", "baselines": {name: psnr}, "gain_db" (over the best), "margin_db", "passed"}.
+    """
+    inputs, targets = pairs
+    baselines = {"mean image": psnr(mean_image.expand_as(targets), targets)}
+    if spec.task != "reconstruction":
+        mask = task_mask(spec.task, *targets.shape[-2:], spec)
+        baselines["visible pixels copied"] = psnr(inputs * mask + mean_image * (1 - mask),
+                                                  targets)
+    value = psnr(predict(model, inputs, device), targets)
+    gain = value - max(baselines.values())
+    return {"psnr": value, "baselines": baselines, "gain_db": gain, "margin_db": margin_db,
+            "passed": bool(gain >= margin_db)}

@@ -148,6 +148,11 @@ class DiffusionParams(Strict):
 
 
 class ModelParams(Strict):
+    source: str = Field(
+        "train", min_length=1, description="where the model to unlearn comes from: `train` "
+        "(the train stage trains it), a model file (docs/byo-model.md; `unlearn import-model` "
+        "wraps a plain state dict), or an MLflow model URI of this project's registry "
+        "(models:/<name>@<alias> or models:/<name>/<version>)")
     family: Literal["ae", "mae", "vqtoken", "diffusion"] = "ae"
     task: Literal["reconstruction", "inpaint", "outpaint"] = "reconstruction"
     inpaint_box: float = Field(0.5, gt=0, lt=1)
@@ -159,10 +164,19 @@ class ModelParams(Strict):
 
 
 class TrainParams(Strict):
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1, description="passes over the training data, at least")
+    min_steps: int = Field(
+        1000, ge=0, description="optimizer steps at least: a small dataset gets more epochs "
+        "(1,437 images at batch 128 are 12 steps an epoch; 5 epochs left every family at the "
+        "quality of a blank guess); Fashion-MNIST's 5 epochs are 2,320 steps")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    min_gain_db: float = Field(
+        1.0, ge=0, description="the original must beat the best trivial generator (the mean "
+        "image; with inpaint/outpaint, the visible pixels copied over it) by this many dB of "
+        "held-out PSNR, or the pipeline stops before unlearning: an audit of a model that "
+        "learned nothing passes and means nothing")
 
 
 class NoiseParams(Strict):
@@ -349,9 +363,17 @@ class AbsoluteParams(Strict):
     ood_auroc: float = Field(0.95, ge=0, le=1)
     # dB below trigger_content_psnr (the trigger reproduced as content) a model may fall
     trigger_psnr: float = Field(1.0, ge=0, le=MAX_TRIGGER_DB)
+    z: float = Field(3.0, gt=0, le=6.0, description="standard errors the forget set's "
+                     "membership and OOD figures may stand from the held-out data's "
+                     "(components/verdict.py); wider than 6 passes anything at these sizes")
 
 
 class AuditParams(Strict):
+    reference: Literal["retrained", "none"] = Field(
+        "retrained", description="what the verdict reads the unlearned model against: a model "
+        "retrained without the forget set (the train stage trains it; the demo and the "
+        "benchmark, which exist to measure), or none: held-out data only, the production "
+        "setting where retraining is what unlearning avoids (components/verdict.py)")
     max_samples: int = Field(2000, ge=10)
     tolerance: ToleranceParams = Field(default_factory=ToleranceParams)
     absolute: AbsoluteParams = Field(default_factory=AbsoluteParams)
@@ -396,6 +418,10 @@ class ScheduleParams(Strict):
     branch: str = Field("unlearning", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(10.0, ge=0)
+    audit_reference: Literal["none", "retrained"] = Field(
+        "none", description="audit.reference of a cycle: none trains no model (a cycle "
+        "costs a fraction of a retraining); `unlearn calibrate` checks it against a "
+        "retrained reference when asked")
 
     @field_validator("cron")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import mlflow
 import ray
@@ -20,18 +21,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.benchmark import summarize
-from components.benchmark_report import check_bar, plot, to_markdown
+from components.benchmark_report import check_bar, plot, to_markdown, verdict_agreement
 from components.metrics import GAP_TERMS
 from components.params import Params, ParamsError, merge_tree, override
 from components.verdict import audit_verdict
 from flows.common import (
     REPORT_DIR,
+    StageError,
     draw_splits,
     eval_images,
     eval_splits,
     job_sets,
     load_sets,
     model_shape,
+    read_json,
     run_stage,
     stage_flow,
     stage_params,
@@ -41,7 +44,8 @@ from flows.jobs import connect, run_job
 from flows.tracking import client, flatten, log_figures, setup
 
 KEYS = [*GAP_TERMS, "forget_ssim", "retain_ssim", "test_ssim", "trigger_ssim", "mia_efficacy",
-        "retrain_gap", "cost_ratio", "cost_ratio_grads", "unlearn_seconds", "audit_passed"]
+        "retrain_gap", "cost_ratio", "cost_ratio_grads", "unlearn_seconds", "audit_passed",
+        "audit_passed_free"]
 MIA_VISIBLE = 0.6  # the memorize scenario is only informative if the original's MIA AUC is above
 
 
@@ -105,15 +109,11 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
         futures = {key: run_benchmark_case.submit(key[0], p, parent.info.run_id, experiment_id)
                    for key, p in cases.items()}
         results = {key: f.result() for key, f in futures.items()}
-        report = build_report(base, seeds, names, results)
-        report["wall_seconds"] = time.perf_counter() - t0
-        paths = {ext: REPORT_DIR / f"{out}.{ext}" for ext in ("json", "md", "png")}
-        write_json(paths["json"], report)
         # every case's figures, for readings the summary cannot give (per-seed verdicts)
         write_json(REPORT_DIR / f"{out}_cases.json",
                    {f"{n}/{s}": case for (n, s), case in results.items()})
-        paths["md"].write_text(to_markdown(report))
-        plot(report, paths["png"])
+        report, paths = write_report(base, seeds, names, results, out,
+                                     time.perf_counter() - t0)
         for name in names:
             for row, figures in report["scenarios"][name]["methods"].items():
                 log_figures(f"{name}.{row}", {k: v["mean"] for k, v in figures.items()})
@@ -124,23 +124,67 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
     return report
 
 
-def judge_cases(base: Params, results: dict[tuple[str, int], dict]) -> None:
-    """Add each row's audit verdict against its case's reference (audit_passed: 1 or 0, so
-    that its mean over seeds is the pass rate), as the pipeline's audit stage judges."""
+def write_report(base: Params, seeds: list[int], names: list[str],
+                 results: dict[tuple[str, int], dict], out: str, seconds: float
+                 ) -> tuple[dict, dict[str, Path]]:
+    """reports/<out>.{json,md,png} from the cases' figures."""
+    report = build_report(base, seeds, names, results)
+    report["wall_seconds"] = seconds
+    paths = {ext: REPORT_DIR / f"{out}.{ext}" for ext in ("json", "md", "png")}
+    write_json(paths["json"], report)
+    paths["md"].write_text(to_markdown(report))
+    plot(report, paths["png"])
+    return report, paths
+
+
+def rebuild(out: str) -> None:
+    """Write reports/<out>.* again from reports/<out>_cases.json, running nothing: a new
+    reading (a verdict, a column) of figures that took an hour to measure."""
+    cases = read_json(REPORT_DIR / f"{out}_cases.json")
+    results = {(key.split("/")[0], int(key.split("/")[1])): case for key, case in cases.items()}
+    old = read_json(REPORT_DIR / f"{out}.json")
+    first = next(iter(results.values()))
+    methods = [r for r, v in first.items()
+               if isinstance(v, dict) and r not in ("original", "reference")]
+    base = override(stage_params(), {"data": {"dataset": old["dataset"]},
+                                     "benchmark": {"methods": methods}})
+    names = list(dict.fromkeys(n for n, _ in results))
+    _, paths = write_report(base, old["seeds"], names, results, out, old["wall_seconds"])
+    print(paths["md"].read_text())
+
+
+def judge_cases(base: Params, results: dict[tuple[str, int], dict]) -> list[dict]:
+    """Judge each row of each case twice, as the pipeline's audit stage would: against the
+    case's retrained reference (audit_passed: 1 or 0, so that its mean over seeds is the pass
+    rate) and without it (audit_passed_free).
+
+    Returns:
+        One record per (scenario, seed, row): both verdicts and the checks each failed
+        (components.benchmark_report.verdict_agreement reads them).
+    """
+    records = []
     for (name, seed), case in results.items():
         audit = scenario_params(base, name, seed, 1.0).audit
         for row, figures in case.items():
-            if isinstance(figures, dict) and row != "reference":
-                figures["audit_passed"] = float(
-                    audit_verdict(figures, case["reference"], audit)["passed"])
+            if not isinstance(figures, dict) or row == "reference":
+                continue
+            against = audit_verdict(figures, case["reference"], audit)
+            free = audit_verdict(figures, None, audit)
+            figures["audit_passed"] = float(against["passed"])
+            figures["audit_passed_free"] = float(free["passed"])
+            records.append({"scenario": name, "seed": seed, "row": row,
+                            "retrained": against["passed"], "reference_free": free["passed"],
+                            "failed_retrained": against["failed"],
+                            "failed_reference_free": free["failed"]})
+    return records
 
 
 def build_report(base: Params, seeds: list[int], names: list[str],
                  results: dict[tuple[str, int], dict]) -> dict:
     """reports/benchmark.json: per scenario, per row, mean and std over seeds, and the bar."""
     rows = ["original", *base.benchmark.methods, "reference"]
-    report = {"dataset": base.data.dataset, "seeds": seeds, "scenarios": {}}
-    judge_cases(base, results)
+    report = {"dataset": base.data.dataset, "seeds": seeds, "scenarios": {},
+              "verdicts": verdict_agreement(judge_cases(base, results))}
     for name in names:
         cases = [results[(name, s)] for s in seeds]
         block = {"methods": summarize(cases, rows, KEYS),
@@ -168,7 +212,15 @@ def main() -> None:
                                           "(default: benchmark.methods)")
     parser.add_argument("--out", default="benchmark",
                         help="report name: reports/<out>.{json,md,png} (default: benchmark)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="write the report again from reports/<out>_cases.json; run nothing")
     args = parser.parse_args()
+    if args.rebuild:
+        try:
+            rebuild(args.out)
+        except (ParamsError, StageError) as exc:
+            parser.exit(2, f"error: {exc}\n")
+        return
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:

@@ -4,9 +4,11 @@
     unlearn promote --version N [--yes]          move `champion` to N if its audit passed
     unlearn promote --version N --force --reason "..."   override, recorded
     unlearn report                               reports/report.html (images, audits)
+    unlearn import-model STATE_DICT --out F      wrap a state dict trained elsewhere
     unlearn forget add --ids ID,... | --file F --reason "..."   file a deletion request
     unlearn forget list [--json]                 requests: pending -> unlearned -> promoted
     unlearn run --once                           one unlearning cycle over pending requests
+    unlearn calibrate                            a cycle's verdict vs a retrained reference
     unlearn serve                                the cycle on schedule.cron (Prefect)
 
 The registered model is `mlflow.model_name` from params.yaml; MLflow is MLFLOW_TRACKING_URI
@@ -31,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.table import Table
 
+from components.data import DataError
 from components.ledger import LEDGER_DIR, PROMOTED, LedgerError, add_request, mark, read_ledger
 from components.params import ParamsError
 from components.policy import load_policy, looser_than
@@ -147,11 +150,13 @@ def review(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
         table.add_column(f"{role} v{block['version']}" if block else f"{role} (none)")
     rows = [("method", lambda b: b["method"]),
             ("audit", lambda b: "PASSED" if b["audit"].get("passed") else
-             f"FAILED: {', '.join(b['audit'].get('failed', []))}")]
+             f"FAILED: {', '.join(b['audit'].get('failed', []))}"),
+            ("audited against", lambda b: b["audit"].get("against", "retrained"))]
     for key in AUDITS:
         rows.append((key, lambda b, k=key: _vs_reference(b["audit"], k)))
     rows.append(("certificate", lambda b: _certificate_cell(b["certificate"])))
-    rows.append(("retrain gap", lambda b: f"{b['metrics'].get('retrain_gap', float('nan')):.3f}"))
+    rows.append(("retrain gap", lambda b: "-" if b["metrics"].get("retrain_gap") is None else
+                 f"{b['metrics']['retrain_gap']:.3f}"))
     rows.append(("forget split", lambda b: (b["forget_split_hash"] or "")[:12]))
     rows.append(("artifact", lambda b: (b["artifact_sha256"] or "none")[:12]))
     rows.append(("gate", lambda b: "ok" if b["gate"]["ok"] else "FLAGGED"))
@@ -254,6 +259,54 @@ def report(out: Annotated[Path, typer.Option(help="where to write the page")] =
     console.print(f"wrote {out}")
 
 
+@app.command("import-model")
+def import_model(
+    state_dict: Annotated[Path, typer.Argument(help="a .pt file holding a plain state dict "
+                                               "(torch.save(model.state_dict(), f))")],
+    out: Annotated[Path, typer.Option(help="the model file to write (then: model.source)")] =
+    Path("models/imported.pt"),
+    channels: Annotated[int | None, typer.Option(help="image channels (default: the "
+                                                 "dataset's)")] = None,
+    size: Annotated[int | None, typer.Option(help="image side in pixels (default: the "
+                                             "dataset's)")] = None,
+) -> None:
+    """Wrap a state dict trained elsewhere into the pipeline's model file (docs/byo-model.md):
+    its weights are checked against params' `model` block (family, task, architecture)."""
+    import torch
+
+    from components.models import wrap_state_dict
+    from flows.common import load_sets, model_shape
+
+    try:
+        params = stage_params()
+        if channels is None or size is None:
+            c, side = model_shape(load_sets(params))
+            channels, size = channels or c, size or side
+    except (ParamsError, DataError) as exc:
+        fail(str(exc))
+    if not state_dict.is_file():
+        fail(f"{state_dict}: no such file")
+    try:
+        weights = torch.load(state_dict, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or pickled code (weights_only refuses it)
+        fail(f"{state_dict} cannot be read as a state dict ({type(exc).__name__}: "
+             f"{str(exc).splitlines()[0][:200]})")
+    if not isinstance(weights, dict):
+        fail(f"{state_dict} holds a {type(weights).__name__}, not a state dict")
+    if "state_dict" in weights and "model" in weights:
+        fail(f"{state_dict} is already a model file: set model.source to it")
+    try:
+        blob = wrap_state_dict(weights, params.model, channels, size,
+                               {"wrapped_from": str(state_dict)})
+    except ValueError as exc:
+        fail(f"{state_dict}: {exc}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, out)
+    console.print(f"wrote {out} (model.family={params.model.family}, task "
+                  f"{params.model.task}, {channels}x{size}x{size}); unlearn it with: "
+                  f"dvc exp run -S model.source={out} -S audit.reference=none")
+
+
 def training_ids() -> set[str]:
     """The sample ids of the training data: the forget and retain manifests' first column."""
     ids = set()
@@ -336,6 +389,18 @@ def run_cycle(once: Annotated[bool, typer.Option("--once", help="run one cycle n
     state = unlearning_cycle(root=str(Path.cwd()), return_state=True)
     if state.is_failed() or state.is_crashed():
         fail(f"the cycle failed: {state.message}", code=1)
+
+
+@app.command()
+def calibrate() -> None:
+    """Check the cycles' reference-free verdict against a model retrained without every
+    request so far (an explicit, occasional action: it trains); recorded in
+    ledger/calibrations.jsonl, nothing registered."""
+    from flows.cycle import calibration
+
+    state = calibration(root=str(Path.cwd()), return_state=True)
+    if state.is_failed() or state.is_crashed():
+        fail(f"the calibration failed: {state.message}", code=1)
 
 
 @app.command()

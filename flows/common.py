@@ -41,6 +41,9 @@ SPLIT_DIR = Path("data/splits")
 MODEL_DIR = Path("models")
 REPORT_DIR = Path("reports")
 
+# the info key of a models/retrained.pt that holds no model: audit.reference is none (the
+# file exists because DVC requires every declared output)
+NO_REFERENCE = "no_reference"
 REFUSED = "Refused"  # the name of a flow state that failed on a user mistake
 UNAVAILABLE = "Unavailable"  # ... on a service that stayed unreachable after its retries
 # Mistakes a user can make (bad params, data, requests): one clear line, exit 2, no traceback.
@@ -138,6 +141,11 @@ def read_model_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise StageError(f"model file missing: {path} (run the stage that writes it)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def reference_model(blob: dict[str, Any]) -> dict[str, Any] | None:
+    """A models/retrained.pt's content, or None where no reference was trained."""
+    return None if blob["info"].get(NO_REFERENCE) else blob
 
 
 def start_model() -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -13,6 +13,12 @@ where it was: the ledger and the registry are as before, and the cycle can simpl
 One cycle at a time: a second one refuses while the first holds the lock. A cycle refuses
 to start from a champion the gate cannot vouch for (moved outside `unlearn promote`, a tag
 edited, an artifact replaced: flows/gate.py), naming the version.
+
+A cycle audits as `schedule.audit_reference` says: `none` by default, so it trains no model
+(the original is kept while only the split moves, flows/train.py) and costs a fraction of a
+retraining. `unlearn calibrate` is the explicit, occasional check of that verdict: the same
+repro with a retrained reference, both verdicts and the measured cost ratio appended to
+ledger/calibrations.jsonl, nothing registered.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.ledger import LEDGER_DIR, REQUESTS, STATUS, UNLEARNED, mark, pending, read_ledger
-from components.params import Params
+from components.params import AuditParams, Params
+from components.verdict import audit_verdict
 from flows.common import StageError, stage_flow, stage_params
 from flows.gate import champion_problems
 from flows.start import CHECKPOINT_ARTIFACT, START_FILE
@@ -41,6 +48,7 @@ from flows.tracking import client, setup, tracking_uri
 
 BIN = Path(sys.executable).parent
 CYCLES_LOG = LEDGER_DIR / "cycles.jsonl"
+CALIBRATIONS_LOG = LEDGER_DIR / "calibrations.jsonl"
 CANDIDATE, CHAMPION = "candidate", "champion"
 
 
@@ -183,6 +191,69 @@ def alias_version(name: str, alias: str) -> int | None:
         return None
 
 
+def set_param(path: Path, dotted: str, value: Any) -> None:
+    """Set one key of a params.yaml in place, keeping its comments (ruamel, as DVC does)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    tree = yaml.load(path.read_text())
+    *parents, key = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node[part]
+    node[key] = value
+    with path.open("w") as f:
+        yaml.dump(tree, f)
+
+
+@stage_flow("calibration")
+def calibration(root: str = ".") -> dict:
+    """Check the reference-free verdict once against a retrained reference: in a clone, the
+    current forget set (every request so far) unlearned from the original and audited
+    against a model retrained without it. Nothing is registered or marked; the record goes to
+    ledger/calibrations.jsonl."""
+    root_path = Path(root).resolve()
+    os.chdir(root_path)
+    params = stage_params()
+    workdir = (root_path / params.schedule.workdir).resolve()
+    with cycle_lock(workdir):
+        cycle_id = time.strftime("calibration-%Y%m%d-%H%M%S")
+        ws, env = workdir / cycle_id, clone_env(root_path)
+        log = workdir / f"{cycle_id}.log"
+        t0 = time.perf_counter()
+        clone(root_path, ws, params.schedule.branch, env)
+        for fname in (REQUESTS, STATUS):
+            if (root_path / LEDGER_DIR / fname).exists():
+                shutil.copy(root_path / LEDGER_DIR / fname, ws / LEDGER_DIR / fname)
+        (ws / START_FILE).write_text(json.dumps({"from": "original"}) + "\n")
+        set_param(ws / "params.yaml", "audit.reference", "retrained")
+        sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
+        sh(["dvc", "repro", "evaluate"], ws, env, log)
+        audit = json.loads((ws / "reports/audit.json").read_text())
+        metrics = json.loads((ws / "reports/metrics.json").read_text())
+        free = audit_verdict(audit["models"]["unlearned"], None,
+                             AuditParams.model_validate(audit["audit_params"]))
+        record = {"calibration": cycle_id, "requests": [r.request_id for r in
+                                                        read_ledger(LEDGER_DIR)],
+                  "retrained": audit["verdict"]["passed"], "reference_free": free["passed"],
+                  "failed_retrained": audit["verdict"]["failed"],
+                  "failed_reference_free": free["failed"],
+                  **{k: metrics.get(k) for k in ("unlearn_seconds", "retrain_seconds",
+                                                 "cost_ratio", "cost_ratio_grads",
+                                                 "retrain_gap")},
+                  "seconds": time.perf_counter() - t0}
+        with (root_path / CALIBRATIONS_LOG).open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        shutil.rmtree(ws, ignore_errors=True)
+    agree = "agree" if record["retrained"] == record["reference_free"] else "DISAGREE"
+    print(f"[calibrate] verdicts {agree}: against the retrained reference "
+          f"{'PASSED' if record['retrained'] else 'FAILED'}, reference-free "
+          f"{'PASSED' if record['reference_free'] else 'FAILED'}; cost ratio "
+          f"{record['cost_ratio']:.3f} ({record['unlearn_seconds']:.0f} s vs "
+          f"{record['retrain_seconds']:.0f} s); recorded in {CALIBRATIONS_LOG}")
+    return record
+
+
 @stage_flow("unlearning-cycle")
 def unlearning_cycle(root: str = ".") -> dict:
     """One cycle over the pending deletion requests of the workspace at `root`."""
@@ -217,6 +288,7 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
                 shutil.copy(root / LEDGER_DIR / fname, ws / LEDGER_DIR / fname)
         spec = start_spec(params)
         (ws / START_FILE).write_text(json.dumps(spec, sort_keys=True) + "\n")
+        set_param(ws / "params.yaml", "audit.reference", params.schedule.audit_reference)
         t["clone"] = time.perf_counter() - t0
         print(f"[cycle] starts from {spec['from']}"
               + (f" v{spec['version']}" if spec["from"] == "champion" else ""))
@@ -243,6 +315,7 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
               "start": spec, "seconds": {**t, "total": time.perf_counter() - t0},
               "unlearn_seconds": metrics["unlearn_seconds"],
               "retrain_seconds": metrics["retrain_seconds"], "cost_ratio": metrics["cost_ratio"],
+              "audit_against": params.schedule.audit_reference,
               "audit_passed": _audit_passed(ws)}
     with (root / CYCLES_LOG).open("a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -26,6 +26,7 @@ from flows.common import (
     load_splits,
     read_json,
     read_model_file,
+    reference_model,
     run_stage,
     stage_flow,
     stage_params,
@@ -59,13 +60,18 @@ def evaluate() -> dict:
     chosen = eval_splits(splits, params.evaluate.max_samples, params.seed)
     data = eval_pairs(eval_images({k: chosen[k] for k in QUALITY_SETS}, sets), task_spec(params))
     blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
+    if reference_model(blobs["retrained"]) is None:  # audit.reference: none
+        del blobs["retrained"]
+    models = list(blobs)
     audit = read_json(REPORT_DIR / "audit.json")["models"]
     train = read_json(REPORT_DIR / "train.json")
     phases = [read_json(REPORT_DIR / f"{s}.json") for s in ("decouple", "finetune")]
     unlearn_s = sum(p["train_seconds"] for p in phases)
+    unlearn_grads = [p.get("sample_grads") for p in phases]
+    retrained = train["retrained"] if "retrained" in blobs else {}
     # sample-gradient evaluations (flows/worker.py): the cost ratio that does not move with
-    # the machine's load; None where a record predates it (a reused original's train.json)
-    grads = [p.get("sample_grads") for p in (*phases, train["retrained"])]
+    # the machine's load; None where a record predates it, or where nothing was retrained
+    grads = [*unlearn_grads, retrained.get("sample_grads")]
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     images, labels = classifier_data(splits, sets, params.evaluate.classifier.max_samples,
                                      params.seed)
@@ -77,23 +83,26 @@ def evaluate() -> dict:
         # map_models calls fn(model, *shared, device): the judge goes in by keyword
         quality = map_models(functools.partial(quality_metrics, judge=judge), blobs, (data,),
                              params)
-        blocks = {m: {**quality[m], **audit[m]} for m in MODELS}
-        for m in MODELS:
-            blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"])
+        blocks = {m: {**quality[m], **audit[m]} for m in models}
+        for m in models:  # without a reference there is no gap to it (null in the JSON)
+            blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"]) \
+                if "retrained" in blocks else None
+        retrain_s = retrained.get("train_seconds")
         metrics = {
             **blocks,
             "method": params.unlearn.method,
+            "reference": params.audit.reference,
             "retrain_gap": blocks["unlearned"]["retrain_gap"],
             "unlearn_seconds": unlearn_s,
-            "retrain_seconds": train["retrained"]["train_seconds"],
-            "cost_ratio": unlearn_s / train["retrained"]["train_seconds"],
+            "unlearn_sample_grads": None if None in unlearn_grads else sum(unlearn_grads),
+            "retrain_seconds": retrain_s,
+            "cost_ratio": unlearn_s / retrain_s if retrain_s else None,
             "cost_ratio_grads": None if None in grads else (grads[0] + grads[1]) / grads[2],
             "classifier_accuracy": judge.classifier.train_accuracy,
         }
-        for m in MODELS:
+        for m in models:
             log_figures(m, blocks[m])
-        log_figures("", {k: metrics[k] for k in ("retrain_gap", "cost_ratio",
-                                                 "classifier_accuracy")})
+        log_figures("", metrics)
     write_json(REPORT_DIR / "metrics.json", metrics)
     print_summary(metrics)
     return metrics

@@ -47,7 +47,8 @@ def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
     """What a reviewer needs on the model version: flat figures for MLflow's UI and search,
     and JSON blocks (audit with its verdict, certificate, metrics) for `unlearn review`."""
     verdict = audit["verdict"]
-    unlearned, reference = audit["models"]["unlearned"], audit["models"]["retrained"]
+    unlearned = audit["models"]["unlearned"]
+    reference = audit["models"].get("retrained")  # None: audited reference-free
     return {
         "method": params.unlearn.method,
         "forget_split_hash": split_hash,
@@ -55,13 +56,16 @@ def version_tags(params: Params, metrics: dict, audit: dict, split_hash: str,
         # the deletion requests this version has forgotten (all so far: the audit covers them)
         "requests": ",".join(requests),
         "audit.passed": str(verdict["passed"]).lower(),
+        "audit.against": verdict["against"],
         **{f"audit.{k}": f"{unlearned[k]:.4f}" for k in AUDITS},
-        **{f"reference.{k}": f"{reference[k]:.4f}" for k in AUDITS},
+        **{f"reference.{k}": "none" if reference is None else f"{reference[k]:.4f}"
+           for k in AUDITS},
         ARTIFACT_TAG: certificate["model_sha256"],
         **{f"certificate.{k}": "none" if certificate[k] is None else str(certificate[k])
            for k in ("epsilon", "delta", "covers", "mechanism")},
         "audit": json.dumps({**verdict, **{k: unlearned[k] for k in AUDITS},
-                             "reference": {k: reference[k] for k in AUDITS},
+                             "reference": None if reference is None else
+                             {k: reference[k] for k in AUDITS},
                              "sha256": audit["sha256"]["unlearned"]}),
         "certificate": json.dumps(certificate),
         "metrics": json.dumps({"retrain_gap": metrics["retrain_gap"],
@@ -113,8 +117,10 @@ def register() -> dict:
     write_json(REPORT_DIR / "registered.json", registered)
     verdict = "PASSED" if audit["verdict"]["passed"] else \
         f"FAILED ({', '.join(audit['verdict']['failed'])})"
+    gap = metrics["retrain_gap"]
+    against = f"retrain gap {gap:.3f}" if gap is not None else "reference-free (no retrained model)"
     print(f"[register] {name} version {version.version} is now '{CANDIDATE}': audit {verdict}, "
-          f"retrain gap {metrics['retrain_gap']:.3f}, certificate: {certificate['covers']} "
+          f"{against}, certificate: {certificate['covers']} "
           f"(ε = {certificate['epsilon']}). Review: unlearn review; promote: "
           f"unlearn promote --version {version.version}")
     return registered

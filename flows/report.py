@@ -30,6 +30,7 @@ from flows.common import (
     load_splits,
     read_json,
     read_model_file,
+    reference_model,
     stage_params,
     task_spec,
 )
@@ -64,11 +65,15 @@ def _audit_table(audit: dict, verdict: dict) -> str:
         mark = "" if not check else (
             f"<span class='{'pass' if check['passed'] else 'fail'}'>"
             f"{'ok' if check['passed'] else 'FAIL'}</span> {check['rule']}")
-        rows.append([key, *(f"{audit['models'][m][key]:.3f}" for m in MODELS), mark])
-    head = ["audit", *MODELS, "verdict check"]
+        judged = [m for m in MODELS if m in audit["models"]]
+        rows.append([key, *(f"{audit['models'][m][key]:.3f}" for m in judged), mark])
+    head = ["audit", *[m for m in MODELS if m in audit["models"]], "verdict check"]
     status = "pass" if verdict.get("passed") else "fail"
-    return (f"<p>Verdict: <span class='{status}'>{status.upper()}</span> "
-            f"(against the {verdict.get('against', '?')} reference)</p>" + table(head, rows))
+    against = verdict.get("against", "?")
+    if against == "reference-free":
+        against += ": held-out data and the model's own figures"
+    return (f"<p>Verdict: <span class='{status}'>{status.upper()}</span> (against: {against})"
+            "</p>" + table(head, rows))
 
 
 def _certificate(split_hash: str) -> str:
@@ -91,19 +96,26 @@ def write_report(out: Path) -> Path:
     spec = task_spec(params)
     chosen = eval_splits(load_splits(sets), params.audit.max_samples, params.seed)
     data = eval_pairs(eval_images(chosen, sets), spec)
-    models = {m: model_from_file(read_model_file(MODEL_DIR / f"{m}.pt")) for m in MODELS}
+    blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
+    if reference_model(blobs["retrained"]) is None:  # audited reference-free
+        del blobs["retrained"]
+    models = {m: model_from_file(blob) for m, blob in blobs.items()}
     audit = read_json(REPORT_DIR / "audit.json")
     metrics = read_json(REPORT_DIR / "metrics.json")
     losses = {m: {s: per_sample_loss(model, *data[s], CPU).numpy()
                   for s in ("forget", "retain", "heldout")} for m, model in models.items()}
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
-    quality = [[k, *(f"{metrics[m][k]:.3f}" for m in MODELS)]
-               for k in ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "retrain_gap")]
+    quality = [[k, *("—" if metrics[m].get(k) is None else f"{metrics[m][k]:.3f}"
+                     for m in models)]
+               for k in ("forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "trigger_psnr",
+                         "retrain_gap")]
+    cost = "no model was retrained to compare with" if metrics.get("cost_ratio") is None else \
+        f"{metrics['cost_ratio']:.3f}"
     page = render_page(
         f"Unlearning report: {params.unlearn.method} on {params.data.dataset}",
         [("Audit", _audit_table(audit, audit.get("verdict", {}))),
-         ("Quality", table(["metric", *MODELS], quality)
-          + f"<p>cost ratio (unlearning / retraining compute): {metrics['cost_ratio']:.3f}</p>"),
+         ("Quality", table(["metric", *models], quality)
+          + f"<p>cost ratio (unlearning / retraining compute): {cost}</p>"),
          ("Certificate", _certificate(split_hash)),
          ("Outputs", _grids(models, data)),
          ("Per-sample losses", "<p>forget vs retain vs held-out; after unlearning the forget "

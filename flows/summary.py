@@ -24,13 +24,20 @@ COLUMNS = ("original", "decoupled", "unlearned", "retrained")
 def print_summary(metrics: dict, console: Console | None = None) -> None:
     """Print the metrics table of the three models (plus the decoupled intermediate)."""
     console = console or Console()
-    table = Table(title=f"unlearning with '{metrics.get('method', '?')}' vs retraining")
+    columns = [c for c in COLUMNS if c in metrics]  # no retrained column without a reference
+    against = "vs retraining" if "retrained" in metrics else "(reference-free audit)"
+    table = Table(title=f"unlearning with '{metrics.get('method', '?')}' {against}")
     table.add_column("metric")
-    for col in COLUMNS:
+    for col in columns:
         table.add_column(col, justify="right")
     for label, key, fmt in ROWS:
-        table.add_row(label, *(fmt.format(metrics[c][key]) for c in COLUMNS))
+        table.add_row(label, *("—" if metrics[c].get(key) is None else
+                               fmt.format(metrics[c][key]) for c in columns))
     console.print(table)
+    if metrics.get("cost_ratio") is None:
+        console.print(f"unlearning compute: {metrics['unlearn_seconds']:.1f} s (no model was "
+                      "retrained to compare it with)")
+        return
     grads = metrics.get("cost_ratio_grads")
     if grads is not None:
         console.print(f"cost ratio in sample-gradient evaluations: {grads:.3f}")

@@ -13,14 +13,25 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 
 import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
 
+from components.audits import eval_pairs
+from components.metrics import learned_check
+from components.models import model_file_problems, model_from_file
 from components.params import Params
+from components.tasks import to_float
 from flows.common import (
     MODEL_DIR,
+    NO_REFERENCE,
     REPORT_DIR,
     SPLIT_DIR,
+    StageError,
+    eval_images,
+    eval_splits,
     job_sets,
     load_sets,
     load_splits,
@@ -31,10 +42,12 @@ from flows.common import (
     save_model,
     stage_flow,
     stage_params,
+    task_spec,
     write_json,
 )
 from flows.jobs import run_job
-from flows.tracking import log_figures, stage_run
+from flows.start import champion_weights
+from flows.tracking import client, log_figures, stage_run
 
 SECTIONS = ("data", "forget", "backdoor", "model", "train", "ray")
 
@@ -69,9 +82,18 @@ def train() -> dict:
     shape = model_shape(sets)
     split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
     # the original sees the forget set as it was trained (poisoned samples included);
-    # the retrained reference never sees it: the gold standard of unlearning
+    # the retrained reference never sees it: the gold standard of unlearning, trained only
+    # where the audit reads against it
     plan = {"original": [splits["retain"], splits["forget"]], "retrained": [splits["retain"]]}
     report = {}
+    if params.model.source != "train":
+        report["original"] = import_original(params, shape)
+        del plan["original"]
+    if params.audit.reference == "none":
+        save_model(MODEL_DIR / "retrained.pt", {}, params, shape, {NO_REFERENCE: True})
+        report["retrained"] = {NO_REFERENCE: True}
+        print("[train] retrained: none (audit.reference: none; the audit is reference-free)")
+        del plan["retrained"]
     for name, parts in plan.items():
         data = job_sets(sets, train=parts)
         print_hash = fingerprint(data["train"], params)
@@ -92,8 +114,75 @@ def train() -> dict:
         report[name] = {**info, "mlflow_run_id": run.info.run_id}
         print(f"[train] {name}: {info['epochs']} epochs, loss {info['final_loss']:.5f}, "
               f"{info['train_seconds']:.0f} s training, {info['stage_seconds']:.0f} s in all")
+    report["original"]["learned"] = check_learned(params, sets, splits)
     write_json(REPORT_DIR / "train.json", report)
+    if not report["original"]["learned"]["passed"]:
+        raise StageError(not_learned(report["original"]["learned"]))
     return report
+
+
+def import_original(params: Params, shape: tuple[int, int]) -> dict:
+    """models/original.pt from `model.source`, a model file or a version of the project's
+    MLflow registry, checked against params; nothing is trained."""
+    source = params.model.source
+    if source.startswith("models:/"):
+        blob = registry_model_file(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise StageError(f"model.source: {source} is not a file (a model file, "
+                             "models:/<name>@<alias>, or train)")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, or pickled code (refused by weights_only)
+            raise StageError(f"model.source: {source} cannot be read as a model file "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                             "wrap a plain state dict with `unlearn import-model`") from None
+    problems = model_file_problems(blob, params.model, shape)
+    if problems:
+        raise StageError(f"model.source: {source} does not fit params: " + "; ".join(problems))
+    info = {**blob.get("info", {}), "source": source, "imported": True}
+    save_model(MODEL_DIR / "original.pt", blob["state_dict"], params, shape, info)
+    print(f"[train] original: imported from {source}, not trained")
+    return info
+
+
+def registry_model_file(uri: str) -> dict:
+    """The model file behind a version of this project's registry (models:/<name>/<version>
+    or models:/<name>@<alias>): the checkpoint `register` logged with it, hash-checked."""
+    name, _, which = uri.removeprefix("models:/").partition("@")
+    if not which:
+        name, _, which = name.partition("/")
+    try:
+        version = client().get_model_version_by_alias(name, which) if "@" in uri else \
+            client().get_model_version(name, which)
+    except MlflowException as exc:
+        raise StageError(f"model.source: {uri}: no such registered version "
+                         f"({str(exc).splitlines()[0][:200]})") from None
+    return champion_weights(name, {"version": int(version.version), "run_id": version.run_id})
+
+
+def check_learned(params: Params, sets: dict, splits: dict) -> dict:
+    """components.metrics.learned_check of models/original.pt on held-out pairs (the
+    audits' sample of them), against the mean of its training images."""
+    # held-out samples of every class (the audit's "triggered" sample, here without the trigger)
+    every_class = eval_splits(splits, params.audit.max_samples, params.seed)["triggered"]
+    held = eval_pairs(eval_images({"heldout": every_class}, sets), task_spec(params))["heldout"]
+    images = np.concatenate([sets["train"].images[s.indices]
+                             for s in (splits["retain"], splits["forget"])])
+    mean = to_float(images).mean(0)
+    model = model_from_file(read_model_file(MODEL_DIR / "original.pt"))
+    return learned_check(model, held, mean, task_spec(params), params.train.min_gain_db,
+                         torch.device("cpu"))
+
+
+def not_learned(check: dict) -> str:
+    best = max(check["baselines"], key=check["baselines"].get)
+    return (f"the original model did not learn its task: held-out PSNR {check['psnr']:.2f} dB, "
+            f"{check['baselines'][best]:.2f} dB for the {best} (it must be "
+            f"{check['margin_db']:g} dB better: train.min_gain_db); an audit of it would "
+            "mean nothing. Train longer (train.epochs, train.min_steps) or check the data "
+            "and model.task")
 
 
 if __name__ == "__main__":

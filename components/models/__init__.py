@@ -99,6 +99,59 @@ def model_from_file(blob: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
+def wrap_state_dict(state_dict: dict[str, Any], cfg: ModelParams, channels: int,
+                    image_size: int, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A model file's content (the format every stage reads; docs/byo-model.md) from a
+    plain state dict trained elsewhere: the weights, the `model` block that rebuilds the
+    module, the image shape and a free `info` record.
+
+    Raises:
+        ValueError: the state dict does not fit the model `cfg` builds (missing, unexpected
+            or mis-shaped tensors, named).
+    """
+    model = build_model(cfg, channels, image_size)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state_dict)
+                    if tuple(expected[k].shape) != tuple(state_dict[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{what} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("mis-shaped", shapes)) if keys]
+        raise ValueError(f"the state dict does not fit model.family={cfg.family} with these "
+                         f"model params at {channels}x{image_size}x{image_size}: "
+                         + "; ".join(parts))
+    model.load_state_dict(state_dict)
+    return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": cfg.model_dump(mode="json"), "shape": [channels, image_size],
+            "info": dict(info or {})}
+
+
+def model_file_problems(blob: dict[str, Any], cfg: ModelParams,
+                        shape: tuple[int, int]) -> list[str]:
+    """Why a model file cannot be unlearned under these params (empty: it can). The
+    pipeline builds every model from params' `model` block, so family, task and the
+    family's architecture block must be the file's, and the images must be its shape."""
+    if not isinstance(blob, dict) or not {"state_dict", "model", "shape"} <= set(blob):
+        return ["not a model file (a dict with state_dict, model and shape; "
+                "`unlearn import-model` wraps a plain state dict)"]
+    theirs, problems = blob["model"], []
+    for key in ("family", "task"):
+        if theirs.get(key) != getattr(cfg, key):
+            problems.append(f"model.{key} is {theirs.get(key)!r} in the file, "
+                            f"{getattr(cfg, key)!r} in params")
+    ours = getattr(cfg, cfg.family).model_dump(mode="json")
+    for key, value in (theirs.get(cfg.family) or {}).items():
+        if ours.get(key) != value:
+            problems.append(f"model.{cfg.family}.{key} is {value!r} in the file, "
+                            f"{ours.get(key)!r} in params")
+    if list(blob["shape"]) != list(shape):
+        problems.append(f"the file's images are {blob['shape'][0]}x{blob['shape'][1]}"
+                        f"x{blob['shape'][1]}, the dataset's {shape[0]}x{shape[1]}x{shape[1]}")
+    return problems
+
+
 class ServingModel(nn.Module):
     """What the registry holds: image in, generated image out, for any family.
 
@@ -120,6 +173,6 @@ class ServingModel(nn.Module):
 
 __all__ = [
     "MODELS", "ServingModel", "build_model", "cpu_state", "distill_per_sample", "embed",
-    "generate", "loss_per_sample", "model_from_file", "parameter_group", "train_loss_per_sample",
-    "unwrap",
+    "generate", "loss_per_sample", "model_file_problems", "model_from_file", "parameter_group",
+    "train_loss_per_sample", "unwrap", "wrap_state_dict",
 ]

@@ -54,3 +54,20 @@ def test_bar_without_other_methods_checks_what_it_can():
     bar = check_bar("class", rows)
     assert bar["best_other"] is None and "gap_vs_best_other" not in bar["checks"]
     assert bar["checks"]["gap_vs_original"]["passed"] and bar["checks"]["backdoor"]["passed"]
+
+
+def test_verdict_agreement_counts_and_names_the_unsafe_passes():
+    from components.benchmark_report import verdict_agreement
+
+    def rec(row, ref, free, failed=()):
+        return {"scenario": "class", "seed": 0, "row": row, "retrained": ref,
+                "reference_free": free, "failed_retrained": list(failed),
+                "failed_reference_free": []}
+
+    records = [rec("decouple", True, True), rec("li2024", False, False, ["ood_auroc"]),
+               rec("salun", False, True, ["ood_auroc"]),
+               rec("finetune", False, True, ["backdoor_asr", "trigger_psnr"])]
+    out = verdict_agreement(records)
+    assert out["table"] == {"pass/pass": 1, "pass/fail": 0, "fail/pass": 2, "fail/fail": 1}
+    assert out["agreement"] == 0.5 and [r["row"] for r in out["unsafe"]] == ["finetune"]
+    assert [r["row"] for r in out["disagreements"]] == ["salun", "finetune"]

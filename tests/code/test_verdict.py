@@ -1,4 +1,6 @@
-"""The audit verdict: within tolerance of the retrained reference, or absolute bounds."""
+"""The audit verdict: within tolerance of the retrained reference, or reference-free."""
+
+import pytest
 
 from components.params import AuditParams
 from components.verdict import audit_verdict
@@ -41,14 +43,25 @@ def test_a_suppressed_trigger_fails_though_its_asr_is_zero():
     assert audit_verdict(cleaner, REFERENCE, AuditParams())["failed"] == ["trigger_psnr"]
 
 
-def test_absolute_bounds_without_a_reference():
+def test_reference_free_bands_read_the_forget_set_against_held_out_data():
+    """Without a reference each figure is read against held-out data of the same classes
+    under the same model, within z standard errors of the two samples."""
     cfg = AuditParams()
-    good = {"backdoor_asr": 0.01, "mia_auc": 0.51, "mia_efficacy": 0.5, "ood_auroc": 0.7,
-            "trigger_psnr": 19.0, "trigger_content_psnr": 15.8}
+    good = {"backdoor_asr": 0.01, "trigger_psnr": 19.0, "trigger_content_psnr": 15.8,
+            "mia_auc": 0.51, "mia_auc_se": 0.013, "mia_efficacy": 0.72,
+            "heldout_mia_efficacy": 0.70, "ood_auroc": 0.66, "heldout_ood_auroc": 0.65,
+            "n_forget": 2000.0, "n_heldout": 600.0, "n_retain": 2000.0}
     verdict = audit_verdict(good, None, cfg)
-    assert verdict["passed"] and verdict["against"] == "absolute"
-    assert "mia_efficacy" not in verdict["checks"]  # no absolute meaning without a reference
-    assert audit_verdict({**good, "backdoor_asr": 0.3}, None, cfg)["failed"] == ["backdoor_asr"]
-    # below the trigger-as-content bound by more than its margin: suppression or a backdoor
-    assert audit_verdict({**good, "trigger_psnr": 9.3}, None, cfg)["failed"] == ["trigger_psnr"]
+    assert verdict["passed"] and verdict["against"] == "reference-free"
+    assert verdict["checks"]["mia_auc"]["tolerance"] == pytest.approx(0.039)
+    failures = {"mia_auc": 0.45,  # 3.8 SE below 0.5: the forget set looks *less* seen
+                "ood_auroc": 0.90,  # pushed towards noise, unlike held-out data
+                "mia_efficacy": 0.95,
+                "backdoor_asr": 0.3,
+                "trigger_psnr": 9.3}  # suppressed: far below the trigger-as-content bound
+    for key, value in failures.items():
+        assert audit_verdict({**good, key: value}, None, cfg)["failed"] == [key], key
     assert audit_verdict({**good, "trigger_psnr": 15.0}, None, cfg)["passed"]  # within 1 dB
+    # figures an older audit did not measure are never vouched for
+    old = {k: good[k] for k in ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc")}
+    assert not audit_verdict(old, None, cfg)["passed"]

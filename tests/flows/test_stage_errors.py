@@ -46,3 +46,15 @@ def test_stage_before_its_inputs_says_what_to_run(workspace):
     assert proc.returncode == 2
     assert "split manifest missing" in proc.stderr and "run the prepare stage" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_train_stops_when_the_original_learned_nothing(workspace):
+    """One epoch at a learning rate that moves nothing: the original is no better than the
+    mean image, and the pipeline stops there, before anything is unlearned or audited."""
+    ws, env = workspace
+    set_params(ws, train__epochs=1, train__lr=1e-9)
+    assert run_stage(ws, env, "prepare").returncode == 0
+    proc = run_stage(ws, env, "train")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the original model did not learn its task: held-out PSNR" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

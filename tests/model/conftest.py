@@ -18,7 +18,7 @@ SPEC = TaskSpec(trigger_size=2, pattern_cell=2)
 def tiny_params(**unlearn) -> Params:
     return parse_params({
         "model": {"ae": {"widths": [8, 16], "latent_dim": 16}},
-        "train": {"epochs": 30, "lr": 0.003, "batch_size": 64},
+        "train": {"epochs": 30, "lr": 0.003, "batch_size": 64, "min_steps": 0},
         "unlearn": unlearn,
     })
 

@@ -49,3 +49,38 @@ def test_parameter_groups_split_the_model():
     enc, dec = parameter_group(model, "encoder"), parameter_group(model, "decoder")
     assert len(enc) + len(dec) == len(parameter_group(model, "all"))
     assert not {id(p) for p in enc} & {id(p) for p in dec}
+
+
+def test_training_length_follows_the_data():
+    """train.epochs is a floor and so is train.min_steps: Fashion-MNIST keeps its 5 epochs
+    (2,320 steps at batch 128), a 1,437-image folder gets 84 epochs instead of 5."""
+    from components.params import TrainParams
+    from components.training import steps_per_epoch, training_epochs
+
+    cfg = TrainParams()
+    assert steps_per_epoch(59_400, cfg) == 465 and training_epochs(59_400, cfg) == 5
+    assert training_epochs(1_437, cfg) == 84
+    assert training_epochs(1_437, cfg.model_copy(update={"min_steps": 0})) == 5
+    assert steps_per_epoch(1_437, cfg, world_size=2) == 6  # each worker takes half
+
+
+def test_a_model_that_learned_nothing_is_told_apart(digit_pairs, trained):
+    """The trained autoencoder clears the trivial generators by far; an untrained one, and
+    one that outputs the mean image, do not; inpainting adds the visible-pixel copy."""
+    from components.metrics import learned_check
+    from components.tasks import TaskSpec, apply_task
+
+    cpu = torch.device("cpu")
+    inputs, targets = digit_pairs["heldout"]
+    mean = digit_pairs["retain"][1].mean(0)
+    spec = TaskSpec()
+    good = learned_check(trained[0], (inputs, targets), mean, spec, 1.0, cpu)
+    assert good["passed"] and good["gain_db"] > 5 and list(good["baselines"]) == ["mean image"]
+    torch.manual_seed(0)
+    untrained = build_model(tiny_params().model, 1, 8)
+    assert not learned_check(untrained, (inputs, targets), mean, spec, 1.0, cpu)["passed"]
+    inpaint = TaskSpec(task="inpaint")
+    hidden = learned_check(trained[0], (apply_task(targets, inpaint), targets), mean, inpaint,
+                           1.0, cpu)
+    assert set(hidden["baselines"]) == {"mean image", "visible pixels copied"}
+    assert hidden["baselines"]["visible pixels copied"] > hidden["baselines"]["mean image"]
