@@ -239,8 +239,9 @@ def calibration(root: str = ".") -> dict:
                   "failed_retrained": audit["verdict"]["failed"],
                   "failed_reference_free": free["failed"],
                   **{k: metrics.get(k) for k in ("unlearn_seconds", "retrain_seconds",
-                                                 "cost_ratio", "cost_ratio_grads",
-                                                 "retrain_gap")},
+                                                 "unlearn_sample_grads",
+                                                 "retrain_sample_grads", "cost_ratio",
+                                                 "cost_ratio_grads", "retrain_gap")},
                   "seconds": time.perf_counter() - t0}
         with (root_path / CALIBRATIONS_LOG).open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -314,6 +315,8 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
     record = {"cycle": cycle_id, "requests": todo, "model_version": version, "commit": commit,
               "start": spec, "seconds": {**t, "total": time.perf_counter() - t0},
               "unlearn_seconds": metrics["unlearn_seconds"],
+              "unlearn_sample_grads": metrics.get("unlearn_sample_grads"),
+              # null with audit_reference none: `unlearn calibrate` measures one retraining
               "retrain_seconds": metrics["retrain_seconds"], "cost_ratio": metrics["cost_ratio"],
               "audit_against": params.schedule.audit_reference,
               "audit_passed": _audit_passed(ws)}

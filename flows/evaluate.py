@@ -96,6 +96,7 @@ def evaluate() -> dict:
             "unlearn_seconds": unlearn_s,
             "unlearn_sample_grads": None if None in unlearn_grads else sum(unlearn_grads),
             "retrain_seconds": retrain_s,
+            "retrain_sample_grads": grads[2],
             "cost_ratio": unlearn_s / retrain_s if retrain_s else None,
             "cost_ratio_grads": None if None in grads else (grads[0] + grads[1]) / grads[2],
             "classifier_accuracy": judge.classifier.train_accuracy,
