@@ -9,6 +9,7 @@ COLUMNS = ["retrain_gap", "cost_ratio_grads", "cost_ratio", "backdoor_asr", "tri
            "audit_passed"]
 # columns where lower is better; for the others, closer to the retrained reference is better
 LOWER_IS_BETTER = {"retrain_gap", "cost_ratio", "cost_ratio_grads"}
+HIGHER_IS_BETTER = {"audit_passed"}  # a share of seeds; the reference row has none
 NOT_RANKED = {"original", "reference"}  # rows shown for reading, never "best"
 COST_BAR = 0.10
 ASR_MARGIN = 0.05
@@ -116,6 +117,8 @@ def _best(summary: dict, key: str) -> str:
     rows = [r for r in summary if r not in NOT_RANKED | {"retrain"} and key in summary[r]]
     if key in LOWER_IS_BETTER:
         return min(rows, key=lambda r: _mean(summary, r, key))
+    if key in HIGHER_IS_BETTER:
+        return max(rows, key=lambda r: _mean(summary, r, key))
     target = _mean(summary, "reference", key)
     return min(rows, key=lambda r: abs(_mean(summary, r, key) - target))
 

@@ -40,10 +40,14 @@ def test_bar_passes_and_fails_for_the_right_reasons():
 
 
 def test_markdown_bolds_the_best_and_states_the_bar(tmp_path):
+    cases = [case(0.02)]
+    for name, passed in (("decouple", 1.0), ("neggrad_plus", 0.0), ("original", 0.0)):
+        cases[0][name]["audit_passed"] = passed  # judged rows; the reference row is not
+    methods = summarize(cases, list(cases[0]), ["retrain_gap", "cost_ratio", "audit_passed"])
     report = {"dataset": "toy", "seeds": [0], "scenarios": {"class": {
-        "methods": summary([case(0.02)]), "bar": check_bar("class", summary([case(0.02)]))}}}
+        "methods": methods, "bar": check_bar("class", summary([case(0.02)]))}}}
     text = to_markdown(report)
-    assert "| decouple | **0.020 ± 0.000** | 0.050 ± 0.000 |" in text
+    assert "| decouple | **0.020 ± 0.000** | 0.050 ± 0.000 | **1.000 ± 0.000** |" in text
     assert "- PASS cost: 0.050 <= 0.1" in text
     plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
