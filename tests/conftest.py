@@ -146,6 +146,11 @@ def make_workspace(root: Path, env_extra: dict[str, str],
         elif src.exists():
             (ws / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, ws / item)
+    # the developer's own deletion requests and cycle logs are not the test's: an empty ledger
+    for log in (ws / "ledger").glob("*.jsonl"):
+        log.unlink()
+    for name in ("requests.jsonl", "status.jsonl"):
+        (ws / "ledger" / name).write_text("")
     params = deep_update(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     params = deep_update(params, params_update or {})
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
