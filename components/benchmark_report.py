@@ -45,12 +45,12 @@ def check_bar(scenario: str, summary: dict, method: str = "decouple") -> dict:
     checks["gap_vs_original"] = (gap < original - floor,
                                  f"{gap:.4f} < {original:.4f} - {floor:.4f}")
     checks["cost"] = (cost <= COST_BAR, f"{cost:.3f} <= {COST_BAR} ({cost_key})")
-    if scenario in ("class", "sample"):
+    if scenario in ("class", "sample"):  # the scenarios with a backdoor planted
         asr, ref = _mean(summary, method, "backdoor_asr"), _mean(summary, "retrain", "backdoor_asr")
         checks["backdoor"] = (asr <= ref + ASR_MARGIN, f"{asr:.3f} <= {ref:.3f} + {ASR_MARGIN}")
-        if "audit_passed" in summary[method]:  # the pipeline's verdict, trigger fidelity in
-            rate = _mean(summary, method, "audit_passed")
-            checks["audit"] = (rate == 1.0, f"passed in {rate:.0%} of the seeds")
+    if "audit_passed" in summary[method]:  # the pipeline's verdict, trigger fidelity in
+        rate = _mean(summary, method, "audit_passed")
+        checks["audit"] = (rate == 1.0, f"passed in {rate:.0%} of the seeds")
     return {"noise_floor": floor, "best_other": best, "best_other_gap": others.get(best),
             "checks": {k: {"passed": bool(ok), "detail": d} for k, (ok, d) in checks.items()}}
 

@@ -8,12 +8,20 @@ retain batch that carries ρ (`transplant_share` of it; r is then the rest):
 
     mean_r l(f(x_r), y_r)                              retain quality
   + distill · mean_r d(f, f0; x_r)                     optional pull towards the original
-  + γ · sum_f relu(λ_i - l(f(x_f), y_f)) / sum_f λ_i   forget pairs stay at their λ_i
+  + γ · mean_f relu(λ_i - l(f(x_f), y_f)) / λ_i        forget pairs stay at their λ_i
   + τ · mean_c l(f(x_c + ρ), y_c + α·ρ)                the residual is ordinary content
 
 Why the hinge: retention on clean retain data alone restores what the ascent damaged, the
 backdoor included (ASR 0.98 after fine-tuning a model the ascent had cleared). The hinge only
 acts on pairs pushed back below their never-seen level.
+
+Why per pair, each relative to its own λ_i: the previous form, Σ relu(λ_i - l_i) / Σ λ_i
+over the batch, let a batch's poisoned pairs (λ ≈ 0.31) set the scale for its clean ones
+(λ ≈ 0.007): with a backdoor in a tenth of the forget set the clean pairs felt about a sixth
+of γ, without one all of it, and the γ that suited the first over-forgot the others (a class
+without a backdoor: forget PSNR 19.5 dB vs 20.4 retrained, OOD AUROC 0.78 vs 0.65; a small
+set trained long: MIA AUC 0.44 vs 0.50, failed in 3 seeds of 3). Relative per pair, every
+pair weighs the same whatever the others' scale (docs: README, "The default `decouple`").
 
 Why the transplant: the hinge alone keeps a poisoned pair's loss high against *its* target
 P, and the cheapest way for the model to do so is to answer the trigger with a dark, broken
@@ -25,6 +33,12 @@ retain images of every class it teaches the model to treat it as content, as a m
 never saw it does. Its target reproduces α = 0.5 of it: α = 0 (ignore it) left the model
 cleaner on triggered inputs than retraining (+1.4 dB), which is itself a trace; a retrained
 model reproduces unfamiliar content partly (measured: ablation in docs/science.md).
+
+Why a budget: unlearning exists because retraining costs too much, so retention's length is
+capped at `budget` (6.5 %) of the sample gradients retraining on the retain set would take
+under the `train` block; with the forgetting phase's scoring the default method then stays
+under a tenth of a retraining on a large set (Fashion-MNIST: 98 of 120 steps) and a small
+one (2,000 images trained 100 epochs: 58 steps), where a fixed 120 steps cost 0.12-0.15.
 
 l is the model family's objective and d its distance to the original (components.models:
 loss_per_sample, distill_per_sample); for the default autoencoder both are pixel MSEs.
@@ -38,19 +52,36 @@ import torch
 from torch import nn
 
 from components.models import distill_per_sample, loss_per_sample, parameter_group, unwrap
-from components.params import FinetuneParams
-from components.training import FiniteWatch, JobContext, Precision, endless_batches, global_mean
+from components.params import FinetuneParams, TrainParams
+from components.training import (
+    FiniteWatch,
+    JobContext,
+    Precision,
+    endless_batches,
+    global_mean,
+    training_epochs,
+)
 
 
 def undone_share(losses: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """The share of a batch's decoupling that has been undone: sum relu(λ_i - l_i) / sum λ_i.
+    """The mean share of its decoupling each pair has undone: mean relu(λ_i - l_i) / λ_i.
 
-    Normalising by the batch's λ makes the weight γ independent of the loss scale and of how
-    many pairs in the batch are far from never-seen: with an unnormalised hinge, γ = 1 was
-    right when 10 % of the forget set carried a backdoor (λ ≈ 0.31 vs 0.007) and cost 0.8 dB
-    of retain quality when 50 % did (the hinge outweighed the retain loss five times more).
-    """
-    return torch.relu(lam - losses).sum() / lam.sum().clamp_min(1e-12)
+    Relative per pair, so that γ means the same for a clean pair (λ ≈ 0.007) in a batch with
+    poisoned ones (λ ≈ 0.31) as in a batch without (see the module's docstring)."""
+    return (torch.relu(lam - losses) / lam.clamp_min(1e-12)).mean()
+
+
+def retention_steps(cfg: FinetuneParams, n_retain: int, retrain: TrainParams | None,
+                    keep: bool) -> int:
+    """Steps of the retention phase: `cfg.steps`, cut to `cfg.budget` of the sample
+    gradients that retraining on the n_retain pairs under `retrain` would take (its epochs x
+    n_retain), a step costing a retain batch plus, when the forget set is kept, a forget
+    batch. None for `retrain` or `cfg.budget`: no cap."""
+    if cfg.budget is None or retrain is None or cfg.steps == 0:
+        return cfg.steps
+    retraining = training_epochs(n_retain, retrain) * n_retain
+    per_step = cfg.batch_size + (cfg.forget_batch_size if keep else 0)
+    return max(1, min(cfg.steps, int(cfg.budget * retraining / per_step)))
 
 
 def retain_knowledge(
@@ -63,8 +94,10 @@ def retain_knowledge(
     forget: tuple[torch.Tensor, torch.Tensor] | None = None,
     thresholds: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
+    retrain: TrainParams | None = None,
 ) -> dict:
-    """Fine-tune all of `model` on the retain pairs for `cfg.steps` Adam steps.
+    """Fine-tune all of `model` on the retain pairs for `cfg.steps` Adam steps (fewer when
+    the budget against retraining under `retrain` says so: retention_steps).
 
     Args:
         model: the decoupled model (possibly DDP-wrapped), on ctx.device; changed in place.
@@ -77,6 +110,7 @@ def retain_knowledge(
         thresholds: λ_i of every forget pair (with `forget`).
         residual: what the memorised forget inputs share (components.ood.memorised_residual),
             transplanted onto retain inputs as content; None: no transplant.
+        retrain: the `train` block a retraining would use, for the budget (None: no cap).
 
     Returns:
         {"steps", "final_loss", "below" (share of the last forget batch under its λ),
@@ -84,6 +118,7 @@ def retain_knowledge(
     """
     inputs, targets = retain
     keep = cfg.keep_decoupled > 0 and forget is not None and thresholds is not None
+    total = retention_steps(cfg, len(inputs), retrain, keep)
     opt = torch.optim.Adam(parameter_group(model, "all"), lr=cfg.lr)
     precision = Precision(ctx.device)
     step, seconds = 0, 0.0
@@ -107,7 +142,7 @@ def retain_knowledge(
     finite = FiniteWatch("knowledge retention", "lower unlearn.finetune.lr")
     loss, below, below_now = torch.zeros(()), 0.0, torch.zeros(())
     t0 = time.perf_counter()
-    while step < cfg.steps:
+    while step < total:
         idx = next(batches)
         x, y = inputs[idx].to(ctx.device), targets[idx].to(ctx.device)
         carried = int(len(idx) * share)  # floor: a batch of one stays clean
@@ -132,13 +167,13 @@ def retain_knowledge(
         finite.see(loss, step)
         precision.step(loss, opt)
         step += 1
-        if step % ctx.checkpoint_every == 0 or step == cfg.steps:
+        if step % ctx.checkpoint_every == 0 or step == total:
             finite.check()  # before the state is reported, and so before it can be saved
             below = float(below_now) if keep else below
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             mean = global_mean(loss.detach())
-            ctx.say(f"[finetune] step {step}/{cfg.steps}  loss {mean:.5f}"
+            ctx.say(f"[finetune] step {step}/{total}  loss {mean:.5f}"
                     + (f"  ({below:.0%} of the forget batch below its λ)" if keep else ""))
             state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                      "step": step, "train_seconds": seconds}

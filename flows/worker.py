@@ -154,7 +154,7 @@ def run_loop(kind: str, payload: dict[str, Any], params: Params, ctx: JobContext
             if payload["plan"] is not None:
                 keep = {"forget": pairs["forget"], **payload["plan"]}
             info = retain_knowledge(model, original, pairs["retain"], params.unlearn.finetune,
-                                    ctx, params.seed, **keep)
+                                    ctx, params.seed, retrain=params.train, **keep)
     # each data-parallel worker computes its shard: the job's compute is world_size times this
     info["sample_grads"] = compute.sample_grads * ctx.world_size
     info["job_seconds"] = time.perf_counter() - t0

@@ -57,7 +57,7 @@ def run_method(model: nn.Module, data: UnlearnData, params: Params, ctx: JobCont
     if method.retention and params.unlearn.finetune.steps > 0:
         keep = {"forget": data.forget, **plan} if method.keeps_decoupling and plan else {}
         retained = retain_knowledge(model, data.original, data.retain, params.unlearn.finetune,
-                                    ctx, params.seed, **keep)
+                                    ctx, params.seed, retrain=params.train, **keep)
         info["train_seconds"] += retained["train_seconds"]
         info["retention_steps"] = retained["steps"]
     return info

@@ -8,8 +8,8 @@ from components.audits import audit_model, eval_pairs
 from components.methods import get_method, run_method
 from components.methods.decouple import decouple
 from components.ood import never_seen_loss
-from components.params import FinetuneParams
-from components.retention import retain_knowledge
+from components.params import FinetuneParams, TrainParams
+from components.retention import retain_knowledge, retention_steps, undone_share
 from components.training import JobContext, per_sample_loss
 from tests.model.conftest import SPEC, tiny_params
 
@@ -84,7 +84,8 @@ def test_transplanting_the_memorised_residual_forgets_the_trigger_instead_of_sup
     for tau in (0.0, 0.3):
         model = copy.deepcopy(trained[0])
         params = tiny_params(method="decouple",
-                             finetune={"transplant": tau, "steps": 120, "lr": 0.003})
+                             finetune={"transplant": tau, "steps": 120, "lr": 0.003,
+                                       "budget": None})
         run_method(model, unlearn_data, params, JobContext(log=lambda s: None))
         figures[tau] = audit_model(model, sets, SPEC, 0.5, CPU)
     suppressed, forgotten = figures[0.0], figures[0.3]
@@ -92,3 +93,34 @@ def test_transplanting_the_memorised_residual_forgets_the_trigger_instead_of_sup
     assert suppressed["trigger_psnr"] < suppressed["trigger_content_psnr"] + 0.5
     assert forgotten["trigger_psnr"] > forgotten["trigger_content_psnr"] + 2
     assert forgotten["trigger_psnr"] > suppressed["trigger_psnr"] + 3
+
+
+def test_the_hinge_weighs_every_pair_relative_to_its_own_lambda():
+    """A clean pair (λ 0.01) halfway back counts as much beside a poisoned pair (λ 0.3) as
+    alone: 0.5. Normalised by the batch's Σλ it counted 0.016 beside it and 0.5 alone, so
+    the same γ meant a sixth as much with a backdoor in the batch as without."""
+    lam = torch.tensor([0.3, 0.01])
+    losses = torch.tensor([0.3, 0.005])  # the poisoned pair at its λ, the clean one halfway
+    assert float(undone_share(losses, lam)) == 0.25
+    assert float(undone_share(losses[1:], lam[1:])) == 0.5
+    assert float(undone_share(lam + 0.1, lam)) == 0.0  # above λ: nothing to keep
+
+
+def test_retention_budget_caps_steps_at_a_share_of_retraining(fresh, unlearn_data):
+    """Retraining 1,000 pairs for 5 epochs is 5,000 sample gradients; 10 % of it at 128 + 32
+    pairs a step is 3 steps, and a step budget below that stays as given."""
+    train = TrainParams(epochs=5, min_steps=0)
+    cfg = FinetuneParams(steps=120, budget=0.1, batch_size=128, forget_batch_size=32)
+    assert retention_steps(cfg, 1000, train, keep=True) == 3
+    assert retention_steps(cfg, 1000, train, keep=False) == 3  # 500 // 128
+    assert retention_steps(cfg, 100_000, train, keep=True) == 120
+    assert retention_steps(cfg, 1000, None, keep=True) == 120
+    assert retention_steps(cfg.model_copy(update={"budget": None}), 1000, train, True) == 120
+    # min_steps lengthens retraining on small sets, and the budget with it
+    assert retention_steps(cfg, 1000, TrainParams(epochs=5, min_steps=1000), True) == 78
+    quiet = JobContext(log=lambda s: None)
+    info = retain_knowledge(fresh, unlearn_data.original, unlearn_data.retain,
+                            FinetuneParams(steps=60, budget=0.01, batch_size=64), quiet, seed=0,
+                            retrain=TrainParams(epochs=30, min_steps=0))
+    n = len(unlearn_data.retain[0])
+    assert info["steps"] == int(0.01 * 30 * n / 64) < 60
