@@ -103,13 +103,17 @@ TINY_PARAMS = {
     "backdoor": {"fraction": 0.5, "trigger_size": 2, "pattern_cell": 2},
     "model": {"ae": {"widths": [8, 16], "latent_dim": 16}},
     "train": {"epochs": 40, "lr": 0.003, "min_steps": 0},  # 40 epochs: 360 steps, learned
+    # on 8x8 digits with a 2-px trigger in half of class 3, the default γ 0.003 let the backdoor
+    # back in 1 of 3 seeds (ASR 0.08) and the budget's 19 retention steps in another (0.38);
+    # γ 0.01 over 40 steps held it at 0 in 3 of 3 (measured in-process, seeds 0-2)
     "unlearn": {"decouple": {"probe_size": 256, "max_steps": 100},
-                "finetune": {"steps": 40}},
-    # digits at this size forget class 3 less than a model that never saw a 3 (OOD AUROC 0.74
-    # vs 0.86): the membership/OOD tolerances are widened so that the gate's logic, not the
-    # science, is what the pipeline test checks; the backdoor tolerance stays at 0.05
-    "audit": {"max_samples": 300,
-              "tolerance": {"mia_auc": 0.3, "mia_efficacy": 0.5, "ood_auroc": 0.3}},
+                "finetune": {"steps": 40, "keep_decoupled": 0.01, "budget": None}},
+    # the backdoor, trigger-fidelity and MIA-efficacy checks run at their default tolerances.
+    # MIA AUC and OOD AUROC cannot be read at them on 300 digits: every method, the old
+    # hinge included, sat 0.04-0.15 (MIA) and 0.06-0.19 (OOD) from the retrained model in
+    # seeds 0-2, and the reference-free cap failed all of them; make benchmark checks both
+    # at the defaults on Fashion-MNIST (3 seeds x 4 scenarios)
+    "audit": {"max_samples": 300, "tolerance": {"mia_auc": 0.2, "ood_auroc": 0.25}},
     "evaluate": {"max_samples": 300},
     "ray": {"checkpoint_every": 20},
     "mlflow": {"experiment": "test-pipeline", "model_name": "digits-ae"},
