@@ -294,6 +294,37 @@ def report(out: Annotated[Path, typer.Option(help="where to write the page")] =
     console.print(f"wrote {out}")
 
 
+@app.command("relocate-store")
+def relocate_store_cmd(
+    old: Annotated[Path | None, typer.Option("--from", help="the artifact folder the store "
+                                             "points at (default: its experiment's)")] = None,
+) -> None:
+    """Point a copied or moved embedded store (mlflow.db) at the mlartifacts/ beside it:
+    MLflow records artifact locations as absolute paths, so a copy otherwise keeps serving,
+    and writing to, the folder it came from (docs/operations.md, "Moving the store")."""
+    from flows.tracking import relocate_store
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        fail(f"MLflow is {uri}: only the embedded SQLite store records local paths (a server "
+             "with --artifacts-destination or S3 needs no relocation)")
+    if old is None:
+        try:
+            exp = client().get_experiment_by_name(stage_params().mlflow.experiment)
+        except ParamsError as exc:
+            fail(str(exc))
+        if exp is None:
+            fail("no experiment in this store: nothing to relocate")
+        old = Path(exp.artifact_location.removeprefix("file://"))
+    new = Path("mlartifacts").resolve()
+    if old.resolve() == new:
+        console.print(f"the store already points at {new}")
+        return
+    changed = relocate_store(Path(uri.removeprefix("sqlite:///")), str(old), str(new))
+    console.print(f"artifact locations {old} -> {new}: "
+                  + ", ".join(f"{k} {n}" for k, n in changed.items() if n))
+
+
 @app.command("import-model")
 def import_model(
     state_dict: Annotated[Path, typer.Argument(help="a .pt file holding a plain state dict "

@@ -160,8 +160,9 @@ def register() -> dict:
             "model.shape": f"{c}x{side}x{side}"}
     other = line_problems(name, line)
     if other and params.mlflow.model_name is None:
-        raise StageError(f"refusing to register a {line['model.family']}/{line['model.task']} "
-                         f"{line['model.shape']} model as a version of '{name}', which holds "
+        raise StageError(f"refusing to register this {line['model.family']}/"
+                         f"{line['model.task']} {line['model.shape']} model as a version of "
+                         f"'{name}', which holds "
                          f"another model line ({other[0]}): set mlflow.model_name to register "
                          "it there anyway, or to a new name")
     certificate = make_certificate(decoupled, retained, summary["hashes"]["forget"], sha)

@@ -240,6 +240,44 @@ def parent_of(run_id: str) -> tuple[str, str] | None:
     return parent, c.get_run(parent).data.tags.get(KIND_TAG, "")
 
 
+# the columns of MLflow's SQL schema that hold artifact locations (MLflow 2.x and 3.x)
+LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"),
+                    ("model_versions", "storage_location"), ("model_versions", "source"))
+
+
+def relocate_store(db: Path, old: str, new: str) -> dict[str, int]:
+    """Point an embedded store's artifact locations from folder `old` to folder `new`.
+
+    MLflow stores every local artifact location absolute (it resolves a relative one when
+    the experiment is created), so a copied or moved mlflow.db keeps serving, and writing
+    to, the folder it came from. This rewrites that prefix in the SQLite file.
+
+    Args:
+        db: the mlflow.db file.
+        old: the artifact folder the store points at now (a path).
+        new: the folder the artifacts are in now.
+
+    Returns:
+        {"table.column": rows changed}.
+    """
+    import sqlite3
+
+    old_path, new_path = str(Path(old)), str(Path(new))
+    changed = {}
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, column in LOCATION_COLUMNS:
+            if table not in tables:
+                continue
+            # both forms MLflow writes, file:///a/b/... and /a/b/...; table and column names
+            # come from LOCATION_COLUMNS, the paths are bound parameters
+            cur = conn.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) "
+                               f"WHERE {column} LIKE ?", (old_path, new_path, f"%{old_path}%"))
+            changed[f"{table}.{column}"] = cur.rowcount
+    return changed
+
+
 def log_figures(prefix: str, figures: dict[str, Any]) -> None:
     """Log the numeric entries of `figures` as metrics named `<prefix>.<key>`."""
     mlflow.log_metrics({f"{prefix}.{k}" if prefix else k: float(v)

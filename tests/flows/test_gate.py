@@ -1,6 +1,7 @@
-"""The promotion gate on a real MLflow registry, without the 8-minute pipeline: the stages'
-outputs are written here (tiny model files and the reports the stages write), and the real
-`register` stage, `unlearn promote`, `unlearn review` and `unlearn run` act on them.
+"""The promotion gate on a real MLflow registry, without the 8-minute pipeline and without
+Ray: the stages' outputs are written here (tiny model files and the reports the stages
+write), and the real `register` stage, `unlearn promote`, `unlearn review` and `unlearn run`
+act on them.
 
 Out-of-order stages are refused at register time; a version audited under looser
 tolerances than the committed policy needs --force --reason; a champion moved with
@@ -45,11 +46,12 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
-def model_file(ws: Path, name: str, seed: int) -> str:
+def model_file(ws: Path, name: str, seed: int, side: int = 8) -> str:
     params = load_params(ws / "params.yaml")
     torch.manual_seed(seed)
-    model = build_model(params.model, 1, 8)
-    save_model(ws / "models" / f"{name}.pt", model.state_dict(), params, (1, 8), {"seed": seed})
+    model = build_model(params.model, 1, side)
+    save_model(ws / "models" / f"{name}.pt", model.state_dict(), params, (1, side),
+               {"seed": seed})
     return file_sha256(ws / "models" / f"{name}.pt")
 
 
