@@ -150,11 +150,12 @@ def _certificate_section(cert: dict) -> list[str]:
     return [f"### Certificate: {head}", "", cert.get("statement", "")]
 
 
-def _promotion_section(tags: dict[str, str], aliases: list[str]) -> list[str]:
+def _promotion_section(tags: dict[str, str]) -> list[str]:
+    # the aliases stay out: MLflow shows them live beside the description, which would go
+    # stale each time an alias moves
     if "promoted.by" not in tags:
-        where = ", ".join(f"`{a}`" for a in aliases) or "no alias"
         return ["### Promotion", "",
-                f"Not promoted through `unlearn promote` ({where}). Promote with "
+                "Not promoted through `unlearn promote`. Promote with "
                 "`unlearn promote --version N --by <you>`; MLflow's own alias controls move "
                 "`champion` past the gate, which `unlearn review` then flags."]
     forced = " (**FORCED** past a failed check)" if tags.get("promoted.forced") == "true" \
@@ -164,14 +165,13 @@ def _promotion_section(tags: dict[str, str], aliases: list[str]) -> list[str]:
             f"{forced}: {tags.get('promoted.reason', '')}"]
 
 
-def version_description(record: dict, tags: dict[str, str], aliases: list[str]) -> str:
+def version_description(record: dict, tags: dict[str, str]) -> str:
     """The Markdown description of a registered version.
 
     Args:
         record: the version's review/record.json (written by `register`).
         tags: the version's tags now (`promoted.*` and `report.*` are added after
             registration).
-        aliases: the version's aliases now.
     """
     scope, prov, model = record["scope"], record["provenance"], record["model"]
     counts = scope.get("counts", {})
@@ -206,5 +206,5 @@ def version_description(record: dict, tags: dict[str, str], aliases: list[str]) 
               "(`checkpoint/unlearned.pt`, checked again by `unlearn promote`)",
               f"- pipeline run `{prov.get('pipeline', 'none')}`, register run "
               f"`{prov.get('run_id')}`", ""]
-    lines += _promotion_section(tags, aliases)
+    lines += _promotion_section(tags)
     return "\n".join(lines) + "\n"

@@ -48,9 +48,8 @@ def refresh_description(name: str, number: int) -> bool:
     record = read_record(version)
     if record is None:
         return False
-    aliases = list(getattr(version, "aliases", []) or [])
     client().update_model_version(name, str(number),
-                                  description=version_description(record, version.tags, aliases))
+                                  description=version_description(record, version.tags))
     return True
 
 

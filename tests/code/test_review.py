@@ -84,7 +84,7 @@ def record(verdict: dict) -> dict:
 
 def test_the_description_answers_the_reviewers_questions():
     verdict = audit_verdict(FIGURES, REFERENCE, AuditParams())
-    text = version_description(record(verdict), {}, ["candidate"])
+    text = version_description(record(verdict), {})
     assert text.startswith("## fashion-mnist-ae v3: `decouple` unlearning of class 7 (sneaker)")
     assert "5,374 training images (537 of them carry the backdoor trigger)" in text
     assert "**Deletion requests:** none" in text
@@ -92,12 +92,12 @@ def test_the_description_answers_the_reviewers_questions():
     assert "| mia_auc | 0.52 | retrained | 0.5 | 0.05 | `|0.520 - 0.500| <= 0.05` | ok |" in text
     assert "### Certificate: covers nothing (ε = ∞)" in text
     assert "Not generated yet" in text and "git commit `abcdef123456`" in text
-    assert "Not promoted through `unlearn promote` (`candidate`)" in text
+    assert "Not promoted through `unlearn promote`" in text
     tags = {"report.link": "#/experiments/1/runs/r1/artifacts/report/report.html",
             "report.uri": "runs:/r1/report/report.html", "promoted.by": "Ada Lovelace",
             "promoted.at": "2026-12-05T10:00:00Z", "promoted.reason": "audit passed",
             "promoted.forced": "false"}
-    text = version_description(record(verdict), tags, ["champion"])
+    text = version_description(record(verdict), tags)
     assert "[report.html](#/experiments/1/runs/r1/artifacts/report/report.html)" in text
     assert "by **Ada Lovelace** at 2026-12-05T10:00:00Z: audit passed" in text
 
