@@ -46,14 +46,22 @@ def provenance_problems(model_sha256: str, audit: dict, decouple: dict,
     return problems
 
 
-def recheck_audit(audit: dict, artifact_sha256: str, audit_tag: dict) -> tuple[dict, list[str]]:
+def figure_tag(value: float | None) -> str:
+    """How `register` writes an audit figure as a flat tag (`audit.<figure>`)."""
+    return "none" if value is None else f"{value:.4f}"
+
+
+def recheck_audit(audit: dict, artifact_sha256: str,
+                  audit_tag: dict | None) -> tuple[dict, list[str]]:
     """Recompute a version's verdict from its reports/audit.json and compare the tags with it.
 
     Args:
         audit: the version's reports/audit.json artifact (figures, verdict, audit_params,
             sha256 of the judged files).
         artifact_sha256: sha256 of the version's checkpoint/unlearned.pt artifact.
-        audit_tag: the version's `audit` tag (verdict and figures, as register wrote them).
+        audit_tag: the version's `audit` JSON tag (verdict and figures), which versions
+            registered before review/record.json carry; None for a later version, whose
+            flat tags tag_problems checks.
 
     Returns:
         (verdict, problems): the verdict audit_verdict gives the stored figures under the
@@ -69,8 +77,34 @@ def recheck_audit(audit: dict, artifact_sha256: str, audit_tag: dict) -> tuple[d
     if verdict["passed"] != audit["verdict"]["passed"]:
         problems.append("the verdict in its reports/audit.json does not follow from the figures "
                         "there (edited)")
+    if audit_tag is None:
+        return verdict, problems
     tagged = {k: audit_tag.get(k) for k in AUDITS}
     if audit_tag.get("passed") != verdict["passed"] or \
             tagged != {k: figures.get(k) for k in AUDITS}:
         problems.append("its `audit` tag does not match its reports/audit.json (tag edited)")
     return verdict, problems
+
+
+def tag_problems(audit: dict, verdict: dict, tags: dict[str, str]) -> list[str]:
+    """Whether a version's flat audit tags (`audit.passed`, `audit.<figure>`) still say what
+    its reports/audit.json says: they are what a reviewer reads and filters on in the UI.
+
+    Args:
+        audit: the version's reports/audit.json artifact.
+        verdict: the verdict recomputed from it (recheck_audit).
+        tags: the version's tags.
+
+    Returns:
+        One line per tag that was edited or removed.
+    """
+    figures = audit["models"]["unlearned"]
+    problems = []
+    if tags.get("audit.passed") != str(verdict["passed"]).lower():
+        problems.append("its `audit.passed` tag does not match its reports/audit.json "
+                        "(tag edited)")
+    edited = [k for k in AUDITS if tags.get(f"audit.{k}") != figure_tag(figures.get(k))]
+    if edited:
+        problems.append(f"its `audit.{edited[0]}` tag does not match its reports/audit.json "
+                        "(tag edited)")
+    return problems

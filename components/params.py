@@ -414,7 +414,8 @@ class RayParams(Strict):
 
 class MlflowParams(Strict):
     experiment: str = "i2i-unlearning"
-    model_name: str = "fashion-mnist-ae"
+    # None: one registered model per model line, named by registered_model_name
+    model_name: str | None = Field(None, min_length=1)
 
 
 class ScheduleParams(Strict):
@@ -570,6 +571,17 @@ class Params(Strict):
             raise ValueError("unlearn.method certified cannot restore the vqtoken tokenizer "
                              "after its noise (no I2I loss trains it): use ae, mae or diffusion")
         return self
+
+
+def registered_model_name(params: Params) -> str:
+    """The registered model a run adds its version to: `mlflow.model_name` when set, else
+    `<dataset>-<family>`, with `-<task>` unless the task is reconstruction (the demo's
+    default resolves to `fashion-mnist-ae`). One name per model line keeps an inpainting
+    ViT on an ImageFolder from becoming a version of the Fashion-MNIST autoencoder."""
+    if params.mlflow.model_name:
+        return params.mlflow.model_name
+    task = "" if params.model.task == "reconstruction" else f"-{params.model.task}"
+    return f"{params.data.dataset}-{params.model.family}{task}"
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

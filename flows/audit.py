@@ -32,7 +32,8 @@ from flows.jobs import map_models
 from flows.tracking import log_figures, stage_run
 
 MODELS = ("original", "decoupled", "unlearned", "retrained")
-SECTIONS = ("audit", "backdoor")
+# the params it reads (logged on its run)
+KEYS = ("data", "audit", "backdoor", "model.task", "model.inpaint_box", "model.outpaint_border")
 AUDIT_SETS = ("forget", "retain", "heldout", "test", "triggered")
 
 
@@ -48,8 +49,9 @@ def audit() -> dict:
         del blobs["retrained"]
     # which files were judged: `register` refuses a model whose hash is not this one
     hashes = {m: file_sha256(MODEL_DIR / f"{m}.pt") for m in blobs}
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
-    with stage_run("audit", params, SECTIONS, {"forget_split_hash": split_hash}) as run:
+    summary = read_json(SPLIT_DIR / "summary.json")
+    with stage_run("audit", params, KEYS, {"forget_split_hash": summary["hashes"]["forget"]},
+                   splits=summary) as run:
         results = map_models(audit_model, blobs, (data, spec, params.backdoor.threshold), params)
         for name, figures in results.items():
             log_figures(name, figures)

@@ -11,17 +11,22 @@
     unlearn calibrate                            a cycle's verdict vs a retrained reference
     unlearn serve                                the cycle on schedule.cron (Prefect)
 
-The registered model is `mlflow.model_name` from params.yaml; MLflow is MLFLOW_TRACKING_URI
-or the project's mlflow.db. MLflow keeps no alias history, so every promotion is appended
-to the registered model as a tag `promotion.NNNN.<8 hex>` (who, when, why, from -> to, audit
-summary, artifact hash). The gate's tolerances are policy.yaml's, not params.yaml's
-(components/policy.py); `promote` re-reads the version's artifacts first (flows/gate.py).
+The registered model is `mlflow.model_name` from params.yaml, or the one derived from the
+dataset, family and task (components.params.registered_model_name); MLflow is
+MLFLOW_TRACKING_URI or the project's mlflow.db. MLflow keeps no alias history, so every
+promotion is appended to the registered model as a tag `promotion.NNNN.<8 hex>` (who, when,
+why, from -> to, audit summary, artifact hash), and the promoted version gets `promoted.by`,
+`promoted.at`, `promoted.reason` and a description that says so (flows/review.py). Who is a
+person: `--by` or UNLEARN_REVIEWER, never the OS user. The gate's tolerances are
+policy.yaml's, not params.yaml's (components/policy.py); `promote` re-reads the version's
+artifacts first (flows/gate.py).
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import time
 import uuid
@@ -35,8 +40,9 @@ from rich.table import Table
 
 from components.data import DataError
 from components.ledger import LEDGER_DIR, PROMOTED, LedgerError, add_request, mark, read_ledger
-from components.params import ParamsError
+from components.params import ParamsError, registered_model_name
 from components.policy import load_policy, looser_than
+from components.review import request_ids
 from components.verdict import AUDITS
 from flows.common import SPLIT_DIR, stage_params
 from flows.gate import (
@@ -46,12 +52,14 @@ from flows.gate import (
     inspect_version,
     promotions,
 )
+from flows.review import refresh_description, review_blocks
 from flows.tracking import client, tracking_uri
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 forget_app = typer.Typer(help="Deletion requests: file them, list them.", no_args_is_help=True)
 app.add_typer(forget_app, name="forget")
 CANDIDATE, CHAMPION = "candidate", "champion"
+REVIEWER_ENV = "UNLEARN_REVIEWER"
 console = Console()
 
 
@@ -63,7 +71,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def model_name() -> str:
     try:
-        return stage_params().mlflow.model_name
+        return registered_model_name(stage_params())
     except ParamsError as exc:
         fail(str(exc))
 
@@ -85,18 +93,26 @@ def get_version(name: str, version: int) -> Any:
 
 
 def describe(version: Any) -> dict:
-    """The review block of one model version, from the tags `register` wrote."""
+    """The review block of one model version, from the tags and the review/record.json
+    that `register` wrote (or the JSON tags of a version registered before the record)."""
     tags = version.tags
-    audit = json.loads(tags.get("audit", "{}"))
+    blocks = review_blocks(version)
     return {
         "version": int(version.version),
         "method": tags.get("method"),
+        "variant": tags.get("method.variant"),
+        "forget_scope": tags.get("forget.scope"),
+        "forget_count": int(tags["forget.count"]) if "forget.count" in tags else None,
+        "requests": request_ids(tags.get("requests")),
         "forget_split_hash": tags.get("forget_split_hash"),
         "dvc_lock_hash": tags.get("dvc_lock_hash"),
-        "audit": audit,
-        "certificate": json.loads(tags.get("certificate", "{}")),
+        "audit": blocks["audit"],
+        "certificate": blocks["certificate"],
         "artifact_sha256": tags.get(ARTIFACT_TAG),
-        "metrics": json.loads(tags.get("metrics", "{}")),
+        "metrics": blocks["metrics"],
+        "report": tags.get("report.uri"),
+        "promoted": {k.removeprefix("promoted."): v for k, v in tags.items()
+                     if k.startswith("promoted.")} or None,
         "run_id": version.run_id,
         "run_url": f"{tracking_uri()} run {version.run_id}",
         "aliases": list(getattr(version, "aliases", []) or []),
@@ -148,7 +164,9 @@ def review(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     for role in ("candidate", "champion"):
         block = out[role]
         table.add_column(f"{role} v{block['version']}" if block else f"{role} (none)")
-    rows = [("method", lambda b: b["method"]),
+    rows = [("method", lambda b: b["method"] + (f" ({b['variant']})" if b["variant"] else "")),
+            ("forget scope", lambda b: b["forget_scope"] or ""),
+            ("requests", lambda b: ", ".join(b["requests"]) or "none"),
             ("audit", lambda b: "PASSED" if b["audit"].get("passed") else
              f"FAILED: {', '.join(b['audit'].get('failed', []))}"),
             ("audited against", lambda b: b["audit"].get("against", "retrained"))]
@@ -159,6 +177,9 @@ def review(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
                  f"{b['metrics']['retrain_gap']:.3f}"))
     rows.append(("forget split", lambda b: (b["forget_split_hash"] or "")[:12]))
     rows.append(("artifact", lambda b: (b["artifact_sha256"] or "none")[:12]))
+    rows.append(("report", lambda b: b["report"] or "none (unlearn report)"))
+    rows.append(("promoted", lambda b: "" if not b["promoted"] else
+                 f"by {b['promoted'].get('by')} at {b['promoted'].get('at')}"))
     rows.append(("gate", lambda b: "ok" if b["gate"]["ok"] else "FLAGGED"))
     for label, get in rows:
         table.add_row(label, *(get(out[r]) if out[r] else "" for r in ("candidate", "champion")))
@@ -186,15 +207,16 @@ def promote(
     yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
     force: Annotated[bool, typer.Option("--force", help="promote a failed audit")] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="why (with --force)")] = None,
-    by: Annotated[str | None, typer.Option("--by", help="who (default: the OS user)")] = None,
+    by: Annotated[str | None, typer.Option("--by", help=f"who promotes: a person, recorded "
+                                           f"on the version (default: ${REVIEWER_ENV})")] = None,
 ) -> None:
     """Move the alias `champion` to VERSION, only if its artifact is the one its audit judged,
     its audit passed, and it was audited under tolerances no looser than policy.yaml (the
-    last two can be overridden with --force --reason, recorded as forced)."""
+    last two can be overridden with --force --reason, recorded as forced). The version gets
+    `promoted.by/at/reason` tags and a description that says so; `candidate` leaves it."""
     name = model_name()
     target = get_version(name, version)
-    audit = json.loads(target.tags.get("audit", "{}"))
-    if not audit:
+    if "audit.passed" not in target.tags and "audit" not in target.tags:
         fail(f"version {version} carries no audit (it was not registered by the pipeline)")
     if force and not reason:
         fail("--force needs --reason \"...\": every override is recorded with why")
@@ -223,12 +245,17 @@ def promote(
     if before == version and not champion_problems(name, current, checked):
         console.print(f"version {version} is already '{CHAMPION}'")
         return
+    # asked only now: a version the gate refuses is refused whoever asks
+    reviewer = (by or os.environ.get(REVIEWER_ENV, "")).strip()
+    if not reviewer:
+        fail(f"say who promotes: --by NAME or {REVIEWER_ENV}=NAME (a person, recorded on the "
+             "version; the OS user is not one)")
     if not yes:
         if not sys.stdin.isatty():
             fail("not a terminal: pass --yes to confirm the promotion")
         typer.confirm(f"Promote {name} v{version} to '{CHAMPION}' (was v{before})?", abort=True)
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "by": by or getpass.getuser(), "from": before, "to": version, "forced": force,
+             "by": reviewer, "from": before, "to": version, "forced": force,
              "reason": reason or "audit passed", "sha256": checked["sha256"],
              "audit": {"passed": verdict["passed"], "failed": verdict["failed"],
                        "looser_than_policy": looser}}
@@ -237,8 +264,16 @@ def promote(
     log_key = f"{PROMOTION_PREFIX}{len(promotions(name)) + 1:04d}.{uuid.uuid4().hex[:8]}"
     client().set_registered_model_tag(name, log_key, json.dumps(entry))
     client().set_registered_model_alias(name, CHAMPION, str(version))
+    for key in ("by", "at", "reason", "forced"):
+        client().set_model_version_tag(name, str(version), f"promoted.{key}",
+                                       str(entry[key]).lower() if key == "forced" else entry[key])
+    # a promoted candidate is no longer a candidate: the alias would point a reviewer at it
+    cand = version_by_alias(name, CANDIDATE)
+    if cand is not None and int(cand.version) == version:
+        client().delete_registered_model_alias(name, CANDIDATE)
+    refresh_description(name, version)
     console.print(f"{name} v{version} is now '{CHAMPION}'" + (" (FORCED)" if force else ""))
-    covered = set(filter(None, target.tags.get("requests", "").split(",")))
+    covered = set(request_ids(target.tags.get("requests")))
     done = [r.request_id for r in read_ledger(LEDGER_DIR)
             if r.request_id in covered and r.status != PROMOTED]
     if done:
@@ -257,6 +292,37 @@ def report(out: Annotated[Path, typer.Option(help="where to write the page")] =
     except ParamsError as exc:
         fail(str(exc))
     console.print(f"wrote {out}")
+
+
+@app.command("relocate-store")
+def relocate_store_cmd(
+    old: Annotated[Path | None, typer.Option("--from", help="the artifact folder the store "
+                                             "points at (default: its experiment's)")] = None,
+) -> None:
+    """Point a copied or moved embedded store (mlflow.db) at the mlartifacts/ beside it:
+    MLflow records artifact locations as absolute paths, so a copy otherwise keeps serving,
+    and writing to, the folder it came from (docs/operations.md, "Moving the store")."""
+    from flows.tracking import relocate_store
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        fail(f"MLflow is {uri}: only the embedded SQLite store records local paths (a server "
+             "with --artifacts-destination or S3 needs no relocation)")
+    if old is None:
+        try:
+            exp = client().get_experiment_by_name(stage_params().mlflow.experiment)
+        except ParamsError as exc:
+            fail(str(exc))
+        if exp is None:
+            fail("no experiment in this store: nothing to relocate")
+        old = Path(exp.artifact_location.removeprefix("file://"))
+    new = Path("mlartifacts").resolve()
+    if old.resolve() == new:
+        console.print(f"the store already points at {new}")
+        return
+    changed = relocate_store(Path(uri.removeprefix("sqlite:///")), str(old), str(new))
+    console.print(f"artifact locations {old} -> {new}: "
+                  + ", ".join(f"{k} {n}" for k, n in changed.items() if n))
 
 
 @app.command("import-model")

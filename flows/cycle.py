@@ -39,12 +39,20 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.ledger import LEDGER_DIR, REQUESTS, STATUS, UNLEARNED, mark, pending, read_ledger
-from components.params import AuditParams, Params
+from components.params import AuditParams, Params, registered_model_name
+from components.review import request_ids
 from components.verdict import audit_verdict
 from flows.common import StageError, stage_flow, stage_params
 from flows.gate import champion_problems
 from flows.start import CHECKPOINT_ARTIFACT, START_FILE
-from flows.tracking import client, setup, tracking_uri
+from flows.tracking import (
+    PARENT_ENV,
+    client,
+    create_pipeline_run,
+    end_pipeline_run,
+    setup,
+    tracking_uri,
+)
 
 BIN = Path(sys.executable).parent
 CYCLES_LOG = LEDGER_DIR / "cycles.jsonl"
@@ -99,14 +107,14 @@ def start_spec(params: Params) -> dict[str, Any]:
     if params.schedule.start_from == "original":
         return {"from": "original"}
     try:
-        champ = client().get_model_version_by_alias(params.mlflow.model_name, CHAMPION)
+        champ = client().get_model_version_by_alias(registered_model_name(params), CHAMPION)
     except Exception:  # no registered model or no champion yet
         return {"from": "original"}
     artifacts = [a.path for a in client().list_artifacts(champ.run_id, "checkpoint")]
     if CHECKPOINT_ARTIFACT not in artifacts:
         print(f"[cycle] champion v{champ.version} has no {CHECKPOINT_ARTIFACT}: from the original")
         return {"from": "original"}
-    covers = [r for r in champ.tags.get("requests", "").split(",") if r]
+    covers = request_ids(champ.tags.get("requests"))
     return {"from": "champion", "version": int(champ.version), "run_id": champ.run_id,
             "requests": covers}
 
@@ -156,7 +164,7 @@ def undo_registration(params: Params, version: int | None, before: int | None) -
     """Delete the version a failed cycle registered and move `candidate` back."""
     if version is None:
         return
-    name = params.mlflow.model_name
+    name = registered_model_name(params)
     try:
         client().delete_model_version(name, str(version))
         if before is not None:
@@ -172,7 +180,7 @@ def check_champion(params: Params) -> None:
     """Refuse, before anything is cloned, to start from a champion that did not pass the gate."""
     if params.schedule.start_from != "champion":
         return
-    name = params.mlflow.model_name
+    name = registered_model_name(params)
     try:
         champ = client().get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no registered model or no champion: the cycle starts from the original
@@ -219,6 +227,8 @@ def calibration(root: str = ".") -> dict:
     with cycle_lock(workdir):
         cycle_id = time.strftime("calibration-%Y%m%d-%H%M%S")
         ws, env = workdir / cycle_id, clone_env(root_path)
+        parent = create_pipeline_run(setup(params), cycle_id, "calibration")
+        env[PARENT_ENV] = parent
         log = workdir / f"{cycle_id}.log"
         t0 = time.perf_counter()
         clone(root_path, ws, params.schedule.branch, env)
@@ -228,7 +238,10 @@ def calibration(root: str = ".") -> dict:
         (ws / START_FILE).write_text(json.dumps({"from": "original"}) + "\n")
         set_param(ws / "params.yaml", "audit.reference", "retrained")
         sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
-        sh(["dvc", "repro", "evaluate"], ws, env, log)
+        try:
+            sh(["dvc", "repro", "evaluate"], ws, env, log)
+        finally:
+            end_pipeline_run(parent)
         audit = json.loads((ws / "reports/audit.json").read_text())
         metrics = json.loads((ws / "reports/metrics.json").read_text())
         free = audit_verdict(audit["models"]["unlearned"], None,
@@ -275,8 +288,12 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
     cycle_id = time.strftime("cycle-%Y%m%d-%H%M%S")
     ws, env, t = workdir / cycle_id, clone_env(root), {}
     log = workdir / f"{cycle_id}.log"
-    setup(params)  # the experiment's artifacts live in the workspace, not in the clone
-    name, before = params.mlflow.model_name, alias_version(params.mlflow.model_name, CANDIDATE)
+    # the experiment's artifacts live in the workspace, not in the clone; the cycle's stage
+    # runs nest under one run named with the cycle id (register adds the version)
+    parent = create_pipeline_run(setup(params), cycle_id, "cycle")
+    env[PARENT_ENV] = parent
+    name = registered_model_name(params)
+    before = alias_version(name, CANDIDATE)
     retry = {"retries": params.schedule.retries,
              "retry_delay_seconds": params.schedule.retry_delay_s}
     print(f"[cycle] {cycle_id}: {len(todo)} pending request(s): {', '.join(todo)}")
@@ -309,8 +326,10 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
         t["push"] = time.perf_counter() - t0 - sum(t.values())
     except BaseException:
         undo_registration(params, version, before)
+        end_pipeline_run(parent, "FAILED")
         print(f"[cycle] FAILED; nothing marked. Clone kept for inspection: {ws} (log {log})")
         raise
+    end_pipeline_run(parent)
     mark(root / LEDGER_DIR, todo, UNLEARNED, version)
     record = {"cycle": cycle_id, "requests": todo, "model_version": version, "commit": commit,
               "start": spec, "seconds": {**t, "total": time.perf_counter() - t0},

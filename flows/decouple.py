@@ -9,6 +9,7 @@ import time
 
 from components.methods import get_method
 from components.methods.base import RETENTION_PLAN
+from components.review import method_keys
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
@@ -30,7 +31,7 @@ from flows.common import (
 from flows.jobs import run_job
 from flows.tracking import log_figures, stage_run
 
-SECTIONS = ("unlearn", "ray")
+KEYS = ("data", "ray")  # with the method's own params (logged on its run)
 
 
 @stage_flow("decouple")
@@ -42,9 +43,10 @@ def decouple() -> dict:
     shape = model_shape(sets)
     start, covers = start_model()
     forget = new_forget(splits["forget"], covers)
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
-    tags = {"forget_split_hash": split_hash, "method": method.name}
-    with stage_run("decouple", params, SECTIONS, tags) as run:
+    summary = read_json(SPLIT_DIR / "summary.json")
+    tags = {"forget_split_hash": summary["hashes"]["forget"], "method": method.name}
+    keys = (*method_keys(method.name, retention=False), *KEYS)
+    with stage_run("decouple", params, keys, tags, splits=summary) as run:
         t0 = time.perf_counter()
         info, state = run_job(
             "forget", f"decouple-{method.name}", params, shape,

@@ -37,7 +37,8 @@ from flows.jobs import map_models
 from flows.summary import print_summary
 from flows.tracking import log_figures, stage_run
 
-SECTIONS = ("evaluate",)
+# the params it reads (logged on its run)
+KEYS = ("data", "evaluate", "model.task", "model.inpaint_box", "model.outpaint_border")
 QUALITY_SETS = ("forget", "retain", "test")
 JUDGED_SETS = ("forget", "retain")  # Li et al.: retain FID ≈ original's, forget FID up
 
@@ -72,14 +73,15 @@ def evaluate() -> dict:
     # sample-gradient evaluations (flows/worker.py): the cost ratio that does not move with
     # the machine's load; None where a record predates it, or where nothing was retrained
     grads = [*unlearn_grads, retrained.get("sample_grads")]
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
+    summary = read_json(SPLIT_DIR / "summary.json")
     images, labels = classifier_data(splits, sets, params.evaluate.classifier.max_samples,
                                      params.seed)
     classes = max(len(sets["train"].class_names), int(labels.max()) + 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     judge = make_judge(images, labels, classes, {s: data[s][1] for s in JUDGED_SETS},
                        params.evaluate, params.seed, device)
-    with stage_run("evaluate", params, SECTIONS, {"forget_split_hash": split_hash}):
+    with stage_run("evaluate", params, KEYS, {"forget_split_hash": summary["hashes"]["forget"]},
+                   splits=summary):
         # map_models calls fn(model, *shared, device): the judge goes in by keyword
         quality = map_models(functools.partial(quality_metrics, judge=judge), blobs, (data,),
                              params)

@@ -31,7 +31,7 @@ from flows.common import (
 from flows.jobs import run_job
 from flows.tracking import log_figures, stage_run
 
-SECTIONS = ("unlearn", "ray")
+KEYS = ("unlearn.method", "data", "ray")  # and unlearn.finetune when it retains
 
 
 @stage_flow("finetune")
@@ -40,9 +40,10 @@ def finetune() -> dict:
     method = get_method(params.unlearn.method)
     decoupled_file = read_model_file(MODEL_DIR / "decoupled.pt")
     decoupled, shape = decoupled_file["state_dict"], tuple(decoupled_file["shape"])
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
-    tags = {"forget_split_hash": split_hash, "method": method.name}
-    with stage_run("finetune", params, SECTIONS, tags) as run:
+    summary = read_json(SPLIT_DIR / "summary.json")
+    tags = {"forget_split_hash": summary["hashes"]["forget"], "method": method.name}
+    keys = (*KEYS, "unlearn.finetune") if method.retention else KEYS
+    with stage_run("finetune", params, keys, tags, splits=summary) as run:
         steps = params.unlearn.finetune.steps if method.retention else 0
         if steps == 0:
             info = {"steps": 0, "train_seconds": 0.0, "stage_seconds": 0.0, "reads": []}

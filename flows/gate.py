@@ -22,7 +22,7 @@ from typing import Any
 
 import mlflow
 
-from components.gate import recheck_audit
+from components.gate import recheck_audit, tag_problems
 from components.params import AuditParams
 from components.splits import file_sha256
 from flows.tracking import client, tracking_uri
@@ -43,7 +43,7 @@ def promotion_number(entry_key: str) -> int:
     return int(entry_key[len(PROMOTION_PREFIX):].split(".")[0])
 
 
-def _download(run_id: str, path: str, into: str) -> Path | None:
+def download_artifact(run_id: str, path: str, into: str) -> Path | None:
     try:
         return Path(mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=path, dst_path=into, tracking_uri=tracking_uri()))
@@ -68,8 +68,8 @@ def inspect_version(version: Any) -> dict:
                                "pipeline's register stage)")
         return out
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = _download(version.run_id, CHECKPOINT_ARTIFACT, tmp)
-        audit_file = _download(version.run_id, AUDIT_ARTIFACT, tmp)
+        checkpoint = download_artifact(version.run_id, CHECKPOINT_ARTIFACT, tmp)
+        audit_file = download_artifact(version.run_id, AUDIT_ARTIFACT, tmp)
         if checkpoint is None or audit_file is None:
             missing = CHECKPOINT_ARTIFACT if checkpoint is None else AUDIT_ARTIFACT
             out["problems"].append(f"its run {version.run_id} has no {missing} artifact")
@@ -84,8 +84,11 @@ def inspect_version(version: Any) -> dict:
     if out["sha256"] != expected:
         out["problems"].append(f"its {CHECKPOINT_ARTIFACT} hashes to {out['sha256'][:12]}, not "
                                f"to the registered {expected[:12]} (artifact replaced)")
-    verdict, problems = recheck_audit(audit, expected, json.loads(tags.get("audit", "{}")))
-    if tags.get("audit.passed") != str(verdict["passed"]).lower():
+    legacy = json.loads(tags["audit"]) if "audit" in tags else None
+    verdict, problems = recheck_audit(audit, expected, legacy)
+    if legacy is None:
+        problems += tag_problems(audit, verdict, tags)
+    elif tags.get("audit.passed") != str(verdict["passed"]).lower():
         problems.append("its `audit.passed` tag does not match its reports/audit.json "
                         "(tag edited)")
     out.update(verdict=verdict, audit_params=AuditParams.model_validate(audit["audit_params"]))

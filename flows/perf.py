@@ -40,6 +40,7 @@ from components.perf_report import (
     spread,
     to_markdown,
 )
+from components.review import method_keys
 from components.training import JobContext, seed_everything
 from flows.common import (
     REPORT_DIR,
@@ -56,7 +57,6 @@ from flows.jobs import connect, job_payload, run_job
 from flows.tracking import log_figures, stage_run
 from flows.worker import max_rss_mb, run_loop
 
-SECTIONS = ("unlearn", "ray")
 # the cases the pipeline flows run, by name: Prefect records a flow's parameters, so the
 # arrays stay here and only the name travels
 _CASES: dict[str, dict[str, Any]] = {}
@@ -116,7 +116,8 @@ def unlearn_pipeline(name: str) -> dict:
     case = _CASES[name]
     params, shape, original = case["params"], case["shape"], case["original"]
     parts, rss = [], []
-    with stage_run("perf-unlearn", params, SECTIONS, {"method": params.unlearn.method}) as run:
+    keys = (*method_keys(params.unlearn.method, retention=True), "ray")
+    with stage_run("perf-unlearn", params, keys, {"method": params.unlearn.method}) as run:
         t0 = time.time()
         info, state = run_job("forget", "perf-decouple", params, shape, case["forget"],
                               run.info.run_id, init=original, original=original)

@@ -19,7 +19,7 @@ from flows.common import (
 )
 from flows.tracking import log_figures, stage_run
 
-SECTIONS = ("data", "forget", "backdoor")
+KEYS = ("data", "forget", "backdoor")  # the params it reads, logged on its run
 
 
 @stage_flow("prepare")
@@ -39,7 +39,8 @@ def prepare() -> dict:
         "hashes": hashes,
     }
     write_json(SPLIT_DIR / "summary.json", summary)
-    with stage_run("prepare", params, SECTIONS, {"forget_split_hash": hashes["forget"]}):
+    with stage_run("prepare", params, KEYS, {"forget_split_hash": hashes["forget"]},
+                   splits=summary):
         log_figures("count", summary["counts"])
         log_figures("", {"poisoned": summary["poisoned"]})
     print(f"[prepare] {params.data.dataset}: " + ", ".join(

@@ -18,6 +18,7 @@ import mlflow
 import torch
 
 from components.ledger import LEDGER_DIR
+from components.params import registered_model_name
 from components.splits import file_sha256
 from flows.common import (
     MODEL_DIR,
@@ -59,7 +60,7 @@ def start() -> dict:
     spec = read_json(START_FILE)
     out = MODEL_DIR / "start.pt"
     if spec.get("from") == "champion":
-        blob = champion_weights(params.mlflow.model_name, spec)
+        blob = champion_weights(registered_model_name(params), spec)
         blob["info"] = {**blob["info"], "start": f"champion v{spec['version']}",
                         "covers": list(spec.get("requests", []))}
         torch.save(blob, out)

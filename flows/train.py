@@ -23,6 +23,7 @@ from components.audits import eval_pairs
 from components.metrics import learned_check
 from components.models import model_file_problems, model_from_file
 from components.params import Params
+from components.review import model_keys
 from components.tasks import to_float
 from flows.common import (
     MODEL_DIR,
@@ -49,7 +50,8 @@ from flows.jobs import run_job
 from flows.start import champion_weights
 from flows.tracking import client, log_figures, stage_run
 
-SECTIONS = ("data", "forget", "backdoor", "model", "train", "ray")
+# the params it reads besides the model family's (logged on its runs)
+KEYS = ("data", "backdoor", "train", "audit.reference", "ray")
 
 
 def fingerprint(data: dict[str, np.ndarray], params: Params) -> str:
@@ -80,7 +82,8 @@ def train() -> dict:
     sets = load_sets(params)
     splits = load_splits(sets)
     shape = model_shape(sets)
-    split_hash = read_json(SPLIT_DIR / "summary.json")["hashes"]["forget"]
+    summary = read_json(SPLIT_DIR / "summary.json")
+    split_hash = summary["hashes"]["forget"]
     # the original sees the forget set as it was trained (poisoned samples included);
     # the retrained reference never sees it: the gold standard of unlearning, trained only
     # where the audit reads against it
@@ -104,7 +107,8 @@ def train() -> dict:
                   f"({print_hash[:12]}): kept, not trained again")
             continue
         tags = {"forget_split_hash": split_hash, "model_role": name}
-        with stage_run(f"train-{name}", params, SECTIONS, tags) as run:
+        with stage_run(f"train-{name}", params, (*KEYS, *model_keys(params)), tags,
+                       splits=summary) as run:
             t0 = time.perf_counter()
             info, state = run_job("train", name, params, shape, data, run.info.run_id)
             info["stage_seconds"] = time.perf_counter() - t0

@@ -178,6 +178,13 @@ def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]
     return make_workspace(tmp_path, {"RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api})
 
 
+@pytest.fixture
+def registry_workspace(tmp_path, prefect_api) -> tuple[Path, dict[str, str]]:
+    """The same workspace without Ray, for tests that write the stages' outputs themselves
+    and run only stages that start no Ray job (prepare, register) and the `unlearn` CLI."""
+    return make_workspace(tmp_path, {"PREFECT_API_URL": prefect_api})
+
+
 @contextmanager
 def local_stack(env: dict[str, str], dvc_repo: Path | None = None):
     """The local service stack (infra/local) in its own state dir and ports.

@@ -1,6 +1,7 @@
-"""The promotion gate on a real MLflow registry, without the 8-minute pipeline: the stages'
-outputs are written here (tiny model files and the reports the stages write), and the real
-`register` stage, `unlearn promote`, `unlearn review` and `unlearn run` act on them.
+"""The promotion gate on a real MLflow registry, without the 8-minute pipeline and without
+Ray: the stages' outputs are written here (tiny model files and the reports the stages
+write), and the real `register` stage, `unlearn promote`, `unlearn review` and `unlearn run`
+act on them.
 
 Out-of-order stages are refused at register time; a version audited under looser
 tolerances than the committed policy needs --force --reason; a champion moved with
@@ -30,6 +31,12 @@ REFERENCE = {"backdoor_asr": 0.0, "trigger_psnr": 19.0, "mia_auc": 0.50, "mia_ef
              "ood_auroc": 0.66}
 FIGURES = {"backdoor_asr": 0.02, "trigger_psnr": 18.5, "mia_auc": 0.52, "mia_efficacy": 0.45,
            "ood_auroc": 0.60}
+# what `prepare` writes for the tiny digits params (class 3 forgotten)
+SUMMARY = {"dataset": "digits", "counts": {"forget": 160, "retain": 1400, "heldout": 157,
+                                           "test": 360},
+           "poisoned": 80, "forget_classes": ["3"], "requests": [],
+           "hashes": {"forget": "f" * 64, "retain": "e" * 64, "heldout": "d" * 64,
+                      "test": "c" * 64}}
 QUALITY = {k: 20.0 for k in ("forget_psnr", "retain_psnr", "test_psnr")} | \
     {k: 0.8 for k in ("forget_ssim", "retain_ssim", "test_ssim")}
 
@@ -39,11 +46,12 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
 
 
-def model_file(ws: Path, name: str, seed: int) -> str:
+def model_file(ws: Path, name: str, seed: int, side: int = 8) -> str:
     params = load_params(ws / "params.yaml")
     torch.manual_seed(seed)
-    model = build_model(params.model, 1, 8)
-    save_model(ws / "models" / f"{name}.pt", model.state_dict(), params, (1, 8), {"seed": seed})
+    model = build_model(params.model, 1, side)
+    save_model(ws / "models" / f"{name}.pt", model.state_dict(), params, (1, side),
+               {"seed": seed})
     return file_sha256(ws / "models" / f"{name}.pt")
 
 
@@ -63,12 +71,12 @@ def stage_outputs(ws: Path, seed: int, audit: AuditParams) -> str:
         "sha256": {"unlearned": unlearned}, "audit_params": audit.model_dump(mode="json")})
     write_json(reports / "metrics.json", {"retrain_gap": 0.01, "cost_ratio": 0.05,
                                           "unlearned": QUALITY})
-    write_json(ws / "data/splits/summary.json", {"hashes": {"forget": "f" * 64}, "requests": []})
+    write_json(ws / "data/splits/summary.json", SUMMARY)
     return unlearned
 
 
-def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(workspace):
-    ws, env = workspace
+def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(registry_workspace):
+    ws, env = registry_workspace
     shutil.copy(REPO / "policy.yaml", ws / "policy.yaml")  # the committed policy, not TINY's
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
 
@@ -121,9 +129,9 @@ def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(workspace):
     assert last["audit"]["looser_than_policy"] == ["audit.tolerance.mia_auc = 0.3 > 0.05"]
 
     # an edited tag and a replaced artifact: never promotable, --force or not
-    audit_tag = json.loads(v2.tags["audit"])
-    client.set_model_version_tag(NAME, "2", "audit", json.dumps({**audit_tag, "mia_auc": 0.5}))
-    assert "tag edited" in review(ws, env)["champion"]["gate"]["problems"][0]
+    client.set_model_version_tag(NAME, "2", "audit.mia_auc", "0.5000")
+    problem = review(ws, env)["champion"]["gate"]["problems"][0]
+    assert "`audit.mia_auc` tag does not match" in problem and "tag edited" in problem
     artifacts = Path(urlparse(client.get_run(v1.run_id).info.artifact_uri).path)
     (artifacts / "checkpoint/unlearned.pt").write_bytes(b"other weights")
     out = run(["unlearn", "promote", "--version", "1", "--yes", "--force", "--reason", "x"], ws,

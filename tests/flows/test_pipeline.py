@@ -62,10 +62,15 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     assert version.tags["forget_split_hash"] == summary["hashes"]["forget"]
     assert {"dvc_lock_hash", "audit.backdoor_asr", "reference.backdoor_asr"} <= version.tags.keys()
     runs = client.search_runs([client.get_experiment_by_name("test-pipeline").experiment_id])
-    assert {r.info.run_name for r in runs} >= {"prepare", "train-original", "train-retrained",
-                                                "decouple", "finetune", "audit", "evaluate",
-                                                "register"}
-    ascent = next(r for r in runs if r.info.run_name == "decouple")
+    assert {r.data.tags["stage"] for r in runs} >= {"prepare", "train-original",
+                                                     "train-retrained", "decouple", "finetune",
+                                                     "audit", "evaluate", "register"}
+    # one parent run for the repro, every stage run under it, named with the version
+    parent = next(r for r in runs if r.data.tags["stage"] == "pipeline")
+    assert parent.info.run_name.endswith("-> digits-ae v1")
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+               for r in runs if r.data.tags["stage"] != "pipeline")
+    ascent = next(r for r in runs if r.data.tags["stage"] == "decouple")
     assert "forget_loss" in client.get_metric_history(ascent.info.run_id, "forget_loss")[0].key
 
     # a second repro is a no-op
@@ -93,8 +98,10 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     assert page.count("data:image/png;base64,") == 3 * 4 + 1  # 3 grids x (input + 3 models)
     assert "Verdict: <span class='pass'>PASS</span>" in page and "src=\"http" not in page
     assert "No (ε, δ) bound is claimed for models/unlearned.pt" in page
-    report_runs = client.search_runs([runs[0].info.experiment_id], "tags.stage = 'report'")
-    assert client.list_artifacts(report_runs[0].info.run_id)[0].path == "report.html"
+    assert "digits-ae version 1" in page  # the page names the version it is about ...
+    champion = client.get_model_version("digits-ae", "1")  # ... which links to the page
+    assert champion.tags["report.uri"] == f"runs:/{champion.run_id}/report/report.html"
+    assert client.list_artifacts(champion.run_id, "report")[0].path == "report/report.html"
 
     # -S overrides, the DVC way: the same class list changes nothing upstream; retention that
     # no longer keeps the forget set decoupled (the literal reading) reruns retention onwards
