@@ -42,7 +42,7 @@ benchmark: setup data
 
 # the ablations of decouple (benchmark.variants) -> reports/ablation.{json,md,png}
 ablation: setup data
-	python -m flows.benchmark --scenarios class,clean_class,memorize,sample --out ablation \
+	python -m flows.benchmark --scenarios class,clean_class,memorize --out ablation \
 	  --methods decouple,decouple_gamma01,decouple_no_budget,decouple_keep0,decouple_no_transplant,decouple_ignore,decouple_reproduce,decouple_no_ascent,decouple_quantile,retrain
 
 # each model family (mae, vqtoken, diffusion) inpainting an ImageFolder export, one `dvc exp run`
