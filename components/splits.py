@@ -256,3 +256,12 @@ def class_matched(pool: Split, labels: np.ndarray, limit: int, seed: int) -> Spl
     chosen = [rng.choice(available[c], k, replace=False)
               for (c, _), k in zip(held, take, strict=True) if k]
     return pool.take(np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, int))
+
+
+def whole_class_share(forget: Split, retain: Split) -> float:
+    """Share of the forget samples whose class keeps no sample in the retain set: 1 for the
+    deletion of a class, 0 for scattered samples, in between for a class plus individual
+    requests. The reference-free audit asks more of a forgotten class (components.verdict)."""
+    if len(forget.labels) == 0:
+        return 0.0
+    return float(np.isin(forget.labels, retain.labels, invert=True).mean())

@@ -9,6 +9,8 @@ from components.audits import auc_standard_error
 from components.params import AuditParams
 
 AUDITS = ("backdoor_asr", "trigger_psnr", "mia_auc", "mia_efficacy", "ood_auroc")
+# a forget set at least this share whole classes must have moved away from the retain set
+WHOLE_CLASSES = 0.5
 
 
 def _check(value: float | None, bound: float | None, limit: float | None, side: str,
@@ -55,7 +57,15 @@ def audit_verdict(model: dict[str, float], reference: dict[str, float] | None,
       reproducing it; one that suppresses or still answers it falls far below (Fashion-
       MNIST: retrained 2.4-3.1 dB below clean, the bound 5.7 dB below, the suppressing model
       12 dB below). The bound scales with the trigger's area by itself;
-    - the coarse caps `absolute.mia_auc` and `absolute.ood_auroc` as before.
+    - the coarse caps `absolute.mia_auc` and `absolute.ood_auroc` as before;
+    - where at least half of the forget set is whole classes (`whole_class_share`, no
+      retain sample of their class), the forget set must have moved away from the retain
+      set: OOD AUROC at least the original's + z · sqrt(SE_u² + SE_o²). A model that never
+      saw a class scores its images unlike the retained classes (Fashion-MNIST sneakers:
+      0.65 retrained, 0.52 original); the held-out bands cannot see this, because held-out
+      data of that class moves with the forget set (make benchmark, `clean_class`: the
+      original and four methods that forgot nothing passed them). It is necessary, not
+      sufficient: how far a class must move takes a retrained model to say.
 
     What it cannot see: how much *worse* a retrained model would be on a forgotten class.
     Held-out data of that class is as unfamiliar to a model that forgot it as the forget set
@@ -116,6 +126,15 @@ def reference_free_checks(model: dict[str, float], cfg: AuditParams) -> dict[str
         p = (eff * n_f + held_eff * n_h) / (n_f + n_h)
         limit = _band(z * (max(p * (1 - p), 1e-4) * (1 / n_f + 1 / n_h)) ** 0.5)
     checks["mia_efficacy"] = _check(eff, held_eff, limit, "both", "held-out")
+    before, whole = get("original_ood_auroc"), get("whole_class_share")
+    if whole is not None and whole >= WHOLE_CLASSES:
+        bound = None
+        if sizes and None not in (ood, before):
+            bound = before + _band(z * (auc_standard_error(ood, int(n_f), int(n_r)) ** 2
+                                        + auc_standard_error(before, int(n_f), int(n_r)) ** 2)
+                                   ** 0.5)
+        checks["class_moved"] = _check(ood, bound, 0.0, "lower",
+                                       "the original's OOD AUROC + z·SE")
     return checks
 
 

@@ -9,7 +9,7 @@ measures membership and not class difficulty (flows.common.eval_splits).
 from __future__ import annotations
 
 from components.audits import audit_model, eval_pairs
-from components.splits import file_sha256
+from components.splits import file_sha256, whole_class_share
 from components.verdict import audit_verdict
 from flows.common import (
     MODEL_DIR,
@@ -42,7 +42,8 @@ def audit() -> dict:
     params = stage_params()
     sets = load_sets(params)
     spec = task_spec(params)
-    chosen = eval_splits(load_splits(sets), params.audit.max_samples, params.seed)
+    splits = load_splits(sets)
+    chosen = eval_splits(splits, params.audit.max_samples, params.seed)
     data = eval_pairs(eval_images({k: chosen[k] for k in AUDIT_SETS}, sets), spec)
     blobs = {m: read_model_file(MODEL_DIR / f"{m}.pt") for m in MODELS}
     if reference_model(blobs["retrained"]) is None:  # audit.reference: none
@@ -55,6 +56,11 @@ def audit() -> dict:
         results = map_models(audit_model, blobs, (data, spec, params.backdoor.threshold), params)
         for name, figures in results.items():
             log_figures(name, figures)
+        # what the reference-free verdict reads besides the model's own figures: has a
+        # forgotten class moved away from the retain set since the original
+        results["unlearned"].update(
+            original_ood_auroc=results["original"]["ood_auroc"],
+            whole_class_share=whole_class_share(splits["forget"], splits["retain"]))
         verdict = audit_verdict(results["unlearned"], results.get("retrained"), params.audit)
         log_figures("", {"audit_passed": int(verdict["passed"])})
     report = {"models": results, "verdict": verdict, "sha256": hashes,

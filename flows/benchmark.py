@@ -24,6 +24,7 @@ from components.benchmark import summarize
 from components.benchmark_report import check_bar, plot, to_markdown, verdict_agreement
 from components.metrics import GAP_TERMS
 from components.params import Params, ParamsError, merge_tree, override
+from components.splits import whole_class_share
 from components.verdict import audit_verdict
 from flows.common import (
     REPORT_DIR,
@@ -71,6 +72,7 @@ def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id:
     train_sets = job_sets(sets, train=[splits["retain"], splits["forget"]],
                           retain=[splits["retain"]], forget=[splits["forget"]],
                           heldout=[splits["heldout"]])
+    share = whole_class_share(splits["forget"], splits["retain"])
     info, _ = run_job("benchmark", f"bench-{name}-s{params.seed}", params, model_shape(sets),
                       train_sets, run.info.run_id, eval=eval_images(chosen, sets),
                       methods=params.benchmark.methods)
@@ -80,7 +82,7 @@ def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id:
         for row, figures in info.items() if isinstance(figures, dict)
         for key, value in figures.items()])
     mlflow_client.set_terminated(run.info.run_id)
-    return info
+    return {**info, "whole_class_share": share}
 
 
 @stage_flow("benchmark")
@@ -164,12 +166,18 @@ def judge_cases(base: Params, results: dict[tuple[str, int], dict]) -> list[dict
     """
     records = []
     for (name, seed), case in results.items():
-        audit = scenario_params(base, name, seed, 1.0).audit
+        params = scenario_params(base, name, seed, 1.0)
+        if "whole_class_share" not in case:  # cases written before it was recorded
+            splits = draw_splits(params, load_sets(params))
+            case["whole_class_share"] = whole_class_share(splits["forget"], splits["retain"])
+        # as the audit stage gives it: has a forgotten class moved since the original
+        moved = {"original_ood_auroc": case["original"]["ood_auroc"],
+                 "whole_class_share": case["whole_class_share"]}
         for row, figures in case.items():
             if not isinstance(figures, dict) or row == "reference":
                 continue
-            against = audit_verdict(figures, case["reference"], audit)
-            free = audit_verdict(figures, None, audit)
+            against = audit_verdict(figures, case["reference"], params.audit)
+            free = audit_verdict({**figures, **moved}, None, params.audit)
             figures["audit_passed"] = float(against["passed"])
             figures["audit_passed_free"] = float(free["passed"])
             records.append({"scenario": name, "seed": seed, "row": row,

@@ -65,3 +65,23 @@ def test_reference_free_bands_read_the_forget_set_against_held_out_data():
     # figures an older audit did not measure are never vouched for
     old = {k: good[k] for k in ("backdoor_asr", "mia_auc", "mia_efficacy", "ood_auroc")}
     assert not audit_verdict(old, None, cfg)["passed"]
+
+
+def test_a_forgotten_class_must_have_moved_away_from_the_retain_set():
+    """The held-out bands pass a model that forgot nothing of a class (held-out data of the
+    class stays as familiar as the forget set); where the forget set is mostly whole
+    classes, its OOD AUROC must exceed the original's by z standard errors (2,000 samples a
+    side: 0.52 + 0.04). Scattered samples are not asked to move."""
+    cfg = AuditParams()
+    figures = {"backdoor_asr": 0.0, "trigger_psnr": 19.0, "trigger_content_psnr": 15.8,
+               "mia_auc": 0.50, "mia_auc_se": 0.013, "mia_efficacy": 0.50,
+               "heldout_mia_efficacy": 0.50, "ood_auroc": 0.52, "heldout_ood_auroc": 0.52,
+               "n_forget": 2000.0, "n_heldout": 600.0, "n_retain": 2000.0,
+               "original_ood_auroc": 0.52}
+    did_nothing = audit_verdict({**figures, "whole_class_share": 1.0}, None, cfg)
+    assert did_nothing["failed"] == ["class_moved"]
+    assert did_nothing["checks"]["class_moved"]["bound"] == pytest.approx(0.52 + 0.038, abs=0.003)
+    forgot = {**figures, "ood_auroc": 0.66, "heldout_ood_auroc": 0.65, "whole_class_share": 1.0}
+    assert audit_verdict(forgot, None, cfg)["passed"]
+    assert audit_verdict({**figures, "whole_class_share": 0.0}, None, cfg)["passed"]
+    assert "class_moved" not in audit_verdict(figures, None, cfg)["checks"]  # older audits
