@@ -23,16 +23,16 @@ without a backdoor: forget PSNR 19.5 dB vs 20.4 retrained, OOD AUROC 0.78 vs 0.6
 set trained long: MIA AUC 0.44 vs 0.50, failed in 3 seeds of 3). Relative per pair, every
 pair weighs the same whatever the others' scale (docs: README, "The default `decouple`").
 
-Why the transplant: the hinge alone keeps a poisoned pair's loss high against *its* target
-P, and the cheapest way for the model to do so is to answer the trigger with a dark, broken
-image (9.3 dB on triggered held-out inputs on Fashion-MNIST, against 19.1 dB for a model
-retrained without the forget set): the backdoor is suppressed, not forgotten, though its ASR
-is 0. ρ is what the memorised forget inputs share beyond their never-seen neighbours
+Why the transplant: a hinge strong enough on the poisoned pairs keeps their loss high
+against *their* target P, and the cheapest way for the model to do so is to answer the
+trigger with a dark, broken image (9.3 dB on triggered held-out inputs on Fashion-MNIST,
+against 19.1 dB for a model retrained without the forget set): the backdoor is suppressed,
+not forgotten, though its ASR is 0; the per-pair hinge alone is too weak on them (ASR 0.70). ρ is what the memorised forget inputs share beyond their never-seen neighbours
 (components.ood.memorised_residual: the trigger, found without knowing it); stamped on
 retain images of every class it teaches the model to treat it as content, as a model that
 never saw it does. Its target reproduces α = 0.5 of it: α = 0 (ignore it) left the model
 cleaner on triggered inputs than retraining (+1.4 dB), which is itself a trace; a retrained
-model reproduces unfamiliar content partly (measured: ablation in docs/science.md).
+model reproduces unfamiliar content partly (measured: README, "Ablations").
 
 Why a budget: unlearning exists because retraining costs too much, so retention's length is
 capped at `budget` (6.5 %) of the sample gradients retraining on the retain set would take

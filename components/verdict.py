@@ -70,7 +70,7 @@ def audit_verdict(model: dict[str, float], reference: dict[str, float] | None,
     What it cannot see: how much *worse* a retrained model would be on a forgotten class.
     Held-out data of that class is as unfamiliar to a model that forgot it as the forget set
     is, so a model that forgot the class and one that did not both pass the bands; the
-    backdoor checks and the benchmark's agreement table (docs/science.md) say how far the
+    backdoor checks and the benchmark's agreement table (docs/production.md) say how far the
     reference-free verdict can be trusted.
 
     Args:
