@@ -27,7 +27,8 @@ Why the transplant: a hinge strong enough on the poisoned pairs keeps their loss
 against *their* target P, and the cheapest way for the model to do so is to answer the
 trigger with a dark, broken image (9.3 dB on triggered held-out inputs on Fashion-MNIST,
 against 19.1 dB for a model retrained without the forget set): the backdoor is suppressed,
-not forgotten, though its ASR is 0; the per-pair hinge alone is too weak on them (ASR 0.70). ρ is what the memorised forget inputs share beyond their never-seen neighbours
+not forgotten, though its ASR is 0; the per-pair hinge alone is too weak on them (ASR 0.70).
+ρ is what the memorised forget inputs share beyond their never-seen neighbours
 (components.ood.memorised_residual: the trigger, found without knowing it); stamped on
 retain images of every class it teaches the model to treat it as content, as a model that
 never saw it does. Its target reproduces α = 0.5 of it: α = 0 (ignore it) left the model
