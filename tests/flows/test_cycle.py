@@ -81,8 +81,8 @@ def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
     # the original is trained once (later cycles keep it: same training data) and no cycle
     # trains a reference: a production cycle trains nothing from scratch
     experiments = [e.experiment_id for e in client.search_experiments()]
-    trained = [r.info.run_name for r in client.search_runs(experiments)
-               if r.info.run_name.startswith("train-")]
+    trained = [r.data.tags.get("stage") for r in client.search_runs(experiments)
+               if r.data.tags.get("stage", "").startswith("train-")]
     assert trained == ["train-original"], trained
     assert all(c["audit_against"] == "none" and c["retrain_seconds"] is None for c in cycles)
     branch_lock = yaml.safe_load(run(["git", "show", "unlearning:dvc.lock"], ws, env))
