@@ -105,10 +105,10 @@ def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
     print("cycles (version, s, unlearn s / retrain s, sample gradients / retrain's):", costs,
           "one retraining:", round(calibration["retrain_seconds"]), "s")
     # the compute a cycle spends unlearning (sample gradients, not timers: CI's machine is
-    # noisy) is a fraction of one retraining's. Measured 0.23-0.32 here: a tiny digits model
-    # retrains in 360 steps, and a cycle's unlearning has a fixed cost (40 retention steps,
-    # the λ_i estimate); Fashion-MNIST's cycles read 0.12. The issue's 0.15 is not met here.
-    assert all(grads < 0.5 for *_, grads in costs), costs
+    # noisy) is a fraction of one retraining's: at most 0.15 (issue 17). Measured 0.071 /
+    # 0.071 / 0.082 with the product's defaults (retention within its budget of 6.5 % of a
+    # retraining); 0.23-0.32 when the tiny params' 40 fixed retention steps ran
+    assert all(grads <= 0.15 for *_, grads in costs), costs
 
 
 def test_requests_are_refused_cleanly_and_a_second_cycle_waits(workspace):
