@@ -105,7 +105,7 @@ def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
     print("cycles (version, s, unlearn s / retrain s, sample gradients / retrain's):", costs,
           "one retraining:", round(calibration["retrain_seconds"]), "s")
     # the compute a cycle spends unlearning (sample gradients, not timers: CI's machine is
-    # noisy) is a fraction of one retraining's: at most 0.15 (issue 17). Measured 0.071 /
+    # noisy) is a fraction of one retraining's: at most 0.15 (issue 17). Measured 0.074 /
     # 0.071 / 0.082 with the product's defaults (retention within its budget of 6.5 % of a
     # retraining); 0.23-0.32 when the tiny params' 40 fixed retention steps ran
     assert all(grads <= 0.15 for *_, grads in costs), costs
