@@ -72,8 +72,9 @@ def test_a_version_answers_the_reviewer_from_mlflow_alone(registry_workspace):
 
     # flat tags a reviewer filters on; the JSON blocks are an artifact now
     assert tags["method"] == "decouple"
-    assert tags["method.variant"] == \
-        "decouple.max_steps=100, decouple.probe_size=256, finetune.steps=40"  # TINY_PARAMS'
+    assert tags["method.variant"] == (  # TINY_PARAMS' differences from the defaults
+        "decouple.max_steps=100, decouple.probe_size=256, finetune.steps=40, "
+        "finetune.keep_decoupled=0.01, finetune.budget=null")
 
     assert (tags["audit.against"], tags["audit.passed"]) == ("retrained", "true")
     assert tags["audit.mia_auc"] == "0.5200" and tags["reference.mia_auc"] == "0.5000"
