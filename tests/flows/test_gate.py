@@ -55,10 +55,11 @@ def model_file(ws: Path, name: str, seed: int, side: int = 8) -> str:
     return file_sha256(ws / "models" / f"{name}.pt")
 
 
-def stage_outputs(ws: Path, seed: int, audit: AuditParams) -> str:
-    """What prepare..evaluate leave behind for `register`, for a model drawn from `seed`,
-    judged under `audit`; returns the model's sha256."""
-    decoupled, unlearned = model_file(ws, "decoupled", seed), model_file(ws, "unlearned", seed)
+def unlearning_outputs(ws: Path, seed: int, audit: AuditParams, side: int = 8) -> str:
+    """The decoupled and unlearned models drawn from `seed` and the decouple, finetune and
+    audit records `register` checks them against (judged under `audit`); the model's sha256."""
+    decoupled = model_file(ws, "decoupled", seed, side)
+    unlearned = model_file(ws, "unlearned", seed, side)
     reports = ws / "reports"
     write_json(reports / "decouple.json", {"method": "decouple", "steps": 3,
                                            "model_sha256": decoupled})
@@ -69,8 +70,15 @@ def stage_outputs(ws: Path, seed: int, audit: AuditParams) -> str:
         "models": {"unlearned": FIGURES, "retrained": REFERENCE},
         "verdict": audit_verdict(FIGURES, REFERENCE, audit),
         "sha256": {"unlearned": unlearned}, "audit_params": audit.model_dump(mode="json")})
-    write_json(reports / "metrics.json", {"retrain_gap": 0.01, "cost_ratio": 0.05,
-                                          "unlearned": QUALITY})
+    return unlearned
+
+
+def stage_outputs(ws: Path, seed: int, audit: AuditParams) -> str:
+    """What prepare..evaluate leave behind for `register`, for a model drawn from `seed`,
+    judged under `audit`; returns the model's sha256."""
+    unlearned = unlearning_outputs(ws, seed, audit)
+    write_json(ws / "reports/metrics.json", {"retrain_gap": 0.01, "cost_ratio": 0.05,
+                                             "unlearned": QUALITY})
     write_json(ws / "data/splits/summary.json", SUMMARY)
     return unlearned
 

@@ -19,8 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.params import AuditParams
-from components.verdict import audit_verdict
-from tests.flows.test_gate import FIGURES, QUALITY, REFERENCE, model_file, write_json
+from tests.flows.test_gate import QUALITY, model_file, unlearning_outputs, write_json
 from tests.flows.test_pipeline import review, run
 
 NAME = "digits-ae"
@@ -39,20 +38,10 @@ def dvc(ws: Path, env: dict, *commands: str, code: int = 0) -> str:
 
 def stage_outputs(ws: Path, seed: int, side: int = 8) -> str:
     """What train..evaluate leave for `register` and `unlearn report`; the model's sha256."""
-    for name in ("original", "retrained", "decoupled"):
+    for name in ("original", "retrained"):
         model_file(ws, name, seed, side)
-    decoupled = model_file(ws, "decoupled", seed, side)
-    unlearned = model_file(ws, "unlearned", seed, side)
+    unlearned = unlearning_outputs(ws, seed, AuditParams(), side)
     reports = ws / "reports"
-    write_json(reports / "decouple.json", {"method": "decouple", "steps": 3,
-                                           "model_sha256": decoupled})
-    write_json(reports / "finetune.json", {"method": "decouple", "steps": 5,
-                                           "reads": ["retain", "forget"],
-                                           "init_sha256": decoupled, "model_sha256": unlearned})
-    write_json(reports / "audit.json", {
-        "models": {"unlearned": FIGURES, "retrained": REFERENCE},
-        "verdict": audit_verdict(FIGURES, REFERENCE, AuditParams()),
-        "sha256": {"unlearned": unlearned}, "audit_params": AuditParams().model_dump(mode="json")})
     block = {**QUALITY, "trigger_psnr": 18.0, "retrain_gap": 0.01}
     write_json(reports / "metrics.json", {"retrain_gap": 0.01, "cost_ratio": 0.05,
                                           **{m: block for m in ("original", "unlearned",
