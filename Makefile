@@ -31,8 +31,9 @@ $(FMNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
+# one Prefect server for every stage (flows/stack.py), not a temporary one per stage process
 demo: setup data
-	dvc repro
+	python -m flows.stack dvc repro
 	dvc push --quiet
 	python -m flows.summary
 

@@ -44,6 +44,7 @@ from components.review import request_ids
 from components.verdict import audit_verdict
 from flows.common import StageError, stage_flow, stage_params
 from flows.gate import champion_problems
+from flows.stack import flow_api_env
 from flows.start import CHECKPOINT_ARTIFACT, START_FILE
 from flows.tracking import (
     PARENT_ENV,
@@ -239,7 +240,7 @@ def calibration(root: str = ".") -> dict:
         set_param(ws / "params.yaml", "audit.reference", "retrained")
         sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
         try:
-            sh(["dvc", "repro", "evaluate"], ws, env, log)
+            sh(["dvc", "repro", "evaluate"], ws, {**env, **flow_api_env()}, log)
         finally:
             end_pipeline_run(parent)
         audit = json.loads((ws / "reports/audit.json").read_text())
@@ -312,7 +313,7 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
               + (f" v{spec['version']}" if spec["from"] == "champion" else ""))
         sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
         t["pull"] = time.perf_counter() - t0 - sum(t.values())
-        sh(["dvc", "repro"], ws, env, log)
+        sh(["dvc", "repro"], ws, {**env, **flow_api_env()}, log)
         t["repro"] = time.perf_counter() - t0 - sum(t.values())
         registered = json.loads((ws / "reports/registered.json").read_text())
         version = registered["version"]

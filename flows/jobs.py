@@ -1,9 +1,18 @@
 """Ray wiring: connect to Ray, run a component loop as a Ray Train job, run inference as tasks.
 
-A job's data travels once through Ray's object store (uint8 images, a few MB to ~50 MB),
-each worker builds its pairs from it, runs the pure-PyTorch loop from `components/`, and
-reports metrics (logged to MLflow from rank 0, as Ray Train V2 wants) and checkpoints
-(to `ray.storage_path`, local or s3://). A restarted worker resumes from the last checkpoint.
+A job runs one of two ways (`ray.job_mode`), the same loop function either way:
+- workers: a TorchTrainer job with its own worker processes. The data travels once through
+  Ray's object store (uint8 images, a few MB to ~50 MB), each worker builds its pairs from
+  it, runs the pure-PyTorch loop from `components/`, and reports metrics (logged to MLflow
+  from rank 0, as Ray Train V2 wants) and checkpoints (to `ray.storage_path`, local or
+  s3://). A restarted worker resumes from the last checkpoint. Starting the controller, its
+  helper actors and the worker costs ~13 s per job here (reports/perf.md), whatever it
+  computes: right for training (minutes to hours, restarts wanted), not for an unlearning
+  job that computes for a few seconds.
+- local: Ray Train V2's local mode (ScalingConfig(num_workers=0)): the same train_loop in
+  the stage's own process, no Ray started at all, checkpoints written to the same place.
+  No restarts (a failed stage is rerun by `dvc repro`). `auto` picks it for one-worker
+  unlearning jobs on this machine.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from components.methods.base import RETENTION_PLAN
+from components.models import model_from_file
 from components.params import Params
 from components.training import DivergenceError
 from flows.common import task_spec
 from flows.tracking import tracking_uri
-from flows.worker import STATE_FILE, score_model, train_loop
+from flows.worker import STATE_FILE, local_device, score_model, train_loop
 
 
 def connect(params: Params) -> None:
@@ -40,6 +50,29 @@ def connect(params: Params) -> None:
              # Ray Train's controller actors warn when the state API is slow to answer on a
              # busy 2-core machine; those warnings are noise, our progress lines are prints
              logging_config=ray.LoggingConfig(log_level="ERROR"))
+
+
+# what auto runs locally: the jobs that unlearn (seconds of compute, the ones a deletion
+# cycle waits for) and the audits' scoring of a few models (map_models)
+LOCAL_KINDS = ("forget", "retain", "score")
+
+
+def job_mode(kind: str, params: Params) -> str:
+    """'local' (the loop in this process, Ray Train's local mode) or 'workers' (a Ray Train
+    job with its own processes) for a job of this kind, per `ray.job_mode`.
+
+    auto runs locally what a Ray on this machine would run here anyway: one worker, local
+    checkpoints, and no cluster address other than this machine's (a remote cluster may
+    hold the GPUs this process lacks).
+    """
+    if params.ray.job_mode != "auto":
+        return params.ray.job_mode
+    address = params.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    here = host in ("auto", "local", "127.0.0.1", "localhost") \
+        and "://" not in params.ray.storage_path
+    one = params.ray.num_workers == 1
+    return "local" if kind in LOCAL_KINDS and one and here else "workers"
 
 
 def _use_gpu(params: Params) -> bool:
@@ -84,7 +117,8 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
     """Run one component loop as a Ray Train TorchTrainer job (a Prefect task).
 
     Args:
-        kind: "train", "forget" or "retain" (which loop the workers run).
+        kind: "train", "forget" or "retain" (which loop the workers run); with
+            `ray.job_mode` it decides where the loop runs (job_mode).
         label: the job's name in progress lines; with a timestamp, its Ray run name
             (checkpoints go to <storage_path>/<label>-<timestamp>).
         params: all params (the loop's knobs, scaling, storage, failures).
@@ -101,18 +135,26 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
         (info, state_dict): the loop's returned figures (with the retention plan under
         RETENTION_PLAN if the loop produced one) and the final weights.
     """
-    connect(params)
+    local = job_mode(kind, params) == "local"
+    if local:  # else Ray Train prints a line per report into the stage's log
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+    else:
+        connect(params)
     payload = job_payload(label, params, shape, sets, init, original, plan, **extra)
     storage = params.ray.storage_path
     if "://" not in storage:
         storage = str(Path(storage).resolve())
-    config = {"kind": kind, "payload": ray.put(payload), "run_id": run_id,
+    name = f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = {"kind": kind, "payload": payload if local else ray.put(payload), "run_id": run_id,
               "tracking_uri": tracking_uri(),
-              "checkpoint_every": params.ray.checkpoint_every}
+              "checkpoint_every": params.ray.checkpoint_every,
+              # local mode keeps no checkpoint of its own: the loop writes them where Ray would
+              "local_dir": str(Path(storage) / name) if local else None}
     trainer = TorchTrainer(
-        train_loop, train_loop_config=config, scaling_config=_scaling(params),
+        train_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=0) if local else _scaling(params),
         run_config=RunConfig(
-            name=f"{label}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
+            name=name, storage_path=storage,
             failure_config=FailureConfig(max_failures=params.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -133,7 +175,8 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
 
 def map_models(fn: Any, blobs: dict[str, dict[str, Any]], shared: tuple,
                params: Params) -> dict[str, Any]:
-    """fn(model, *shared, device) for every model, each as a Ray task (1 CPU, or a GPU).
+    """fn(model, *shared, device) for every model, each as a Ray task (1 CPU, or a GPU), or
+    one after the other in this process when `ray.job_mode` makes scoring local.
 
     Args:
         fn: a component function taking (model, *shared, device).
@@ -144,6 +187,9 @@ def map_models(fn: Any, blobs: dict[str, dict[str, Any]], shared: tuple,
     Returns:
         model name -> fn's result.
     """
+    if job_mode("score", params) == "local":
+        device = local_device(params)
+        return {n: fn(model_from_file(b), *shared, device) for n, b in blobs.items()}
     connect(params)
     opts = {"num_gpus": 1} if _use_gpu(params) else {"num_cpus": 1}
     shared_ref = ray.put(shared)

@@ -4,14 +4,18 @@ next to retraining, and how unlearning grows with the forget set -> reports/perf
 Everything is measured side by side in this one process, on this machine, `perf.repeats`
 times (median and range reported):
 - overhead: the default unlearning job (the seed method's ascent, then its retention; same
-  data, steps and seed) as the pipeline runs it (a Prefect flow, two Ray Train jobs, MLflow
-  logging and checkpoints) and as a plain PyTorch loop in this process (flows.worker.run_loop,
-  the very code a Ray worker runs). Both start from the same arrays in memory: reading the
+  data, steps and seed) as the pipeline runs it (a Prefect flow, two jobs, MLflow logging and
+  checkpoints) and as a plain PyTorch loop in this process (flows.worker.run_loop, the very
+  code a job runs). The pipeline runs it both ways `ray.job_mode` offers: local (Ray Train's
+  local mode in this process, the default's choice for these jobs) and workers (two Ray Train
+  jobs with their own processes). Both start from the same arrays in memory: reading the
   dataset and checking the manifests' sha256 is the stages' cost on both sides, so it is left
   out of both. Ray and Prefect start once per process (a scheduled service or a Ray cluster
-  keeps them running): that is reported apart, and in overhead_ratio_cold.
+  keeps them running): that is reported apart, and in overhead_ratio_cold. fixed_overhead_s:
+  per stage, the pipeline's wall time less the loops' compute.
 - cost: that unlearning against retraining from scratch on the retain set, both through the
-  pipeline (cost_ratio) and both as plain loops (cost_ratio_plain); the retraining's own
+  pipeline (cost_ratio), both as plain loops (cost_ratio_plain), and in sample-gradient
+  evaluations (cost_ratio_grads: deterministic, whatever the machine's load); the retraining's own
   pipeline / plain ratio shows how the fixed overhead weighs on a longer job.
 - scaling: plain unlearning and retraining time for forget sets of `perf.forget_fractions`
   of the training data (forget.kind=sample), the retention budget fixed.
@@ -57,6 +61,9 @@ from flows.jobs import connect, job_payload, run_job
 from flows.tracking import log_figures, stage_run
 from flows.worker import max_rss_mb, run_loop
 
+# the ways the unlearning job runs through the pipeline, side by side (ray.job_mode); the
+# first is the default's (auto picks local for it on one machine)
+MODES = ("local", "workers")
 # the cases the pipeline flows run, by name: Prefect records a flow's parameters, so the
 # arrays stay here and only the name travels
 _CASES: dict[str, dict[str, Any]] = {}
@@ -111,10 +118,12 @@ def train_plain(case: dict[str, Any], part: str) -> tuple[float, dict, dict]:
 
 
 @flow(name="perf-unlearn", validate_parameters=False)
-def unlearn_pipeline(name: str) -> dict:
-    """The unlearning job as the `decouple` and `finetune` stages run it."""
+def unlearn_pipeline(name: str, mode: str) -> dict:
+    """The unlearning job as the `decouple` and `finetune` stages run it, its two jobs run
+    the `ray.job_mode` way `mode` says (local: in this process; workers: Ray Train jobs)."""
     case = _CASES[name]
-    params, shape, original = case["params"], case["shape"], case["original"]
+    params = override(case["params"], {"ray": {"job_mode": mode}})
+    shape, original = case["shape"], case["original"]
     parts, rss = [], []
     keys = (*method_keys(params.unlearn.method, retention=True), "ray")
     with stage_run("perf-unlearn", params, keys, {"method": params.unlearn.method}) as run:
@@ -129,12 +138,13 @@ def unlearn_pipeline(name: str) -> dict:
         parts.append(job_breakdown(t0, time.time(), info_r))
         rss += [info["worker_max_rss_mb"], info_r["worker_max_rss_mb"]]
         log_figures("", {"steps": info.get("steps", 0), **add_parts(parts)})
-    return {"parts": add_parts(parts), "worker_max_rss_mb": max(rss)}
+    return {"parts": add_parts(parts), "worker_max_rss_mb": max(rss),
+            "sample_grads": info["sample_grads"] + info_r["sample_grads"]}
 
 
 @flow(name="perf-retrain", validate_parameters=False)
 def retrain_pipeline(name: str) -> dict:
-    """Retraining on the retain set as the `train` stage runs it."""
+    """Retraining on the retain set as the `train` stage runs it (a Ray Train job)."""
     case = _CASES[name]
     params = case["params"]
     with stage_run("perf-retrain", params, ("train", "ray"), {"method": "retrain"}) as run:
@@ -143,7 +153,8 @@ def retrain_pipeline(name: str) -> dict:
                           {"train": case["train"]["train"]}, run.info.run_id)
         parts = job_breakdown(t0, time.time(), info)
         log_figures("", parts)
-    return {"parts": parts, "worker_max_rss_mb": info["worker_max_rss_mb"]}
+    return {"parts": parts, "worker_max_rss_mb": info["worker_max_rss_mb"],
+            "sample_grads": info["sample_grads"]}
 
 
 @flow(name="perf-warmup")
@@ -175,19 +186,26 @@ def bench_perf(params: Params) -> dict:
     _say(f"original {train_s:.0f} s ({images_per_s:.0f} images/s); Ray start "
          f"{ray_start_s:.1f} s, Prefect start {prefect_start_s:.1f} s")
     _CASES["default"] = base
-    plain, pipe, plain_retrain, retrain, parts, rss = [], [], [], [], [], []
+    plain, plain_retrain, retrain, rss = [], [], [], []
+    pipe = {mode: [] for mode in MODES}
+    parts = {mode: [] for mode in MODES}
+    grads = {}
     for r in range(params.perf.repeats):
         plain.append(unlearn_plain(base)[0])
-        pipe_s, out = _timed(unlearn_pipeline, "default")
+        for mode in MODES:
+            pipe_s, out = _timed(unlearn_pipeline, "default", mode)
+            pipe[mode].append(pipe_s)
+            parts[mode].append({"flow_s": pipe_s - sum(out["parts"].values()), **out["parts"]})
+            rss.append(out["worker_max_rss_mb"])
+            grads["unlearn"] = out["sample_grads"]
         plain_retrain.append(train_plain(base, "train")[0])
         retrain_s, out_r = _timed(retrain_pipeline, "default")
-        pipe.append(pipe_s)
         retrain.append(retrain_s)
-        parts.append({"flow_s": pipe_s - sum(out["parts"].values()), **out["parts"]})
-        rss += [out["worker_max_rss_mb"], out_r["worker_max_rss_mb"]]
+        grads["retrain"] = out_r["sample_grads"]
+        rss.append(out_r["worker_max_rss_mb"])
         _say(f"repeat {r + 1}/{params.perf.repeats}: unlearning plain {plain[-1]:.1f} s, "
-             f"pipeline {pipe_s:.1f} s; retraining plain {plain_retrain[-1]:.1f} s, "
-             f"pipeline {retrain_s:.1f} s")
+             + ", ".join(f"pipeline ({m}) {pipe[m][-1]:.1f} s" for m in MODES)
+             + f"; retraining plain {plain_retrain[-1]:.1f} s, pipeline {retrain_s:.1f} s")
     scaling = []
     for fraction in params.perf.forget_fractions:
         # the trainable set does not depend on the forget split (splits.py draws the held-out
@@ -201,23 +219,49 @@ def bench_perf(params: Params) -> dict:
                         "ascent_steps": info.get("steps", 0)})
         _say(f"forget {fraction:.0%} ({case['forget_samples']} samples): unlearn "
              f"{unlearn_s:.1f} s, retrain {retrain_s:.1f} s")
-    breakdown = {k: spread([p[k] for p in parts])["median"] for k in ("flow_s", *JOB_PARTS)}
-    once = ray_start_s + prefect_start_s
+    once = {"local": prefect_start_s, "workers": ray_start_s + prefect_start_s}
+
+    def by_mode(mode: str) -> dict:
+        # per stage (decouple, finetune: one job each): the pipeline's wall time less the
+        # loops' compute, i.e. what the orchestration adds to each stage
+        fixed = [(p["flow_s"] + sum(v for k, v in p.items() if k not in ("flow_s", "compute_s")))
+                 / 2 for p in parts[mode]]
+        return {
+            "overhead_ratio": spread([p / q for p, q in zip(pipe[mode], plain, strict=True)]),
+            "overhead_ratio_cold": spread([(p + once[mode]) / q
+                                           for p, q in zip(pipe[mode], plain, strict=True)]),
+            "cost_ratio": spread([p / r for p, r in zip(pipe[mode], retrain, strict=True)]),
+            "fixed_overhead_s": spread(fixed),
+            "pipeline_s": spread(pipe[mode]),
+            "breakdown": {k: spread([p[k] for p in parts[mode]])["median"]
+                          for k in ("flow_s", *JOB_PARTS)},
+        }
+
+    modes = {mode: by_mode(mode) for mode in MODES}
+    default = modes[MODES[0]]
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                     else "no GPU (CPU)", "torch": torch.__version__, "ray": ray.__version__},
         "repeats": params.perf.repeats,
-        "overhead_ratio": spread([p / q for p, q in zip(pipe, plain, strict=True)]),
-        "overhead_ratio_cold": spread([(p + once) / q for p, q in zip(pipe, plain, strict=True)]),
+        "job_mode": MODES[0],
+        "overhead_ratio": default["overhead_ratio"],
+        "overhead_ratio_cold": default["overhead_ratio_cold"],
+        "fixed_overhead_s": default["fixed_overhead_s"],
         "overhead_ratio_retrain": spread([p / q for p, q in zip(retrain, plain_retrain,
                                                                  strict=True)]),
-        "cost_ratio": spread([p / r for p, r in zip(pipe, retrain, strict=True)]),
+        "cost_ratio": default["cost_ratio"],
         "cost_ratio_plain": spread([p / r for p, r in zip(plain, plain_retrain, strict=True)]),
-        "overhead": {"plain_s": spread(plain), "pipeline_s": spread(pipe),
+        # the deterministic one: sample-gradient evaluations, unlearning / retraining (the
+        # same for every repeat and any machine load)
+        "cost_ratio_grads": grads["unlearn"] / grads["retrain"],
+        "sample_grads": grads,
+        "modes": modes,
+        "overhead": {"plain_s": spread(plain), "pipeline_s": default["pipeline_s"],
                      "ray_start_s": ray_start_s, "prefect_start_s": prefect_start_s,
-                     "breakdown": breakdown},
-        "cost": {"unlearn_pipeline_s": spread(pipe), "retrain_pipeline_s": spread(retrain),
+                     "breakdown": default["breakdown"]},
+        "cost": {"unlearn_pipeline_s": default["pipeline_s"],
+                 "retrain_pipeline_s": spread(retrain),
                  "retrain_plain_s": spread(plain_retrain)},
         "scaling": scaling,
         "train_images_per_s": images_per_s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import resource
+import shutil
 import tempfile
 import threading
 import time
@@ -45,10 +46,16 @@ def train_loop(config: dict[str, Any]) -> None:
     started = time.time()
     ctx_ray = ray.train.get_context()
     rank, world = ctx_ray.get_world_rank(), ctx_ray.get_world_size()
-    # where each rank landed (a multi-node cluster's placement is checked from these lines)
-    print(f"[worker] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}",
-          flush=True)
-    payload = ray.get(config["payload"])
+    local_dir = config.get("local_dir")
+    if local_dir is None:
+        # where each rank landed (a multi-node cluster's placement is checked from these lines)
+        print(f"[worker] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()}",
+              flush=True)
+    else:
+        print("[worker] local mode: the loop runs in the stage's process", flush=True)
+    payload = config["payload"]
+    if isinstance(payload, ray.ObjectRef):
+        payload = ray.get(payload)
     params = parse_params(payload["params"])
     timing = {"worker_start": started, "payload_seconds": time.time() - started,
               "log_seconds": 0.0, "checkpoint_seconds": 0.0}
@@ -65,12 +72,15 @@ def train_loop(config: dict[str, Any]) -> None:
         if state is None:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:  # one copy of the weights; the other ranks only join the barrier
-                torch.save(state, Path(d) / STATE_FILE)
-                checkpoint = Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if local_dir is not None:
+            ray.train.report(metrics, checkpoint=_local_checkpoint(Path(local_dir), state))
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                checkpoint = None
+                if rank == 0:  # one copy of the weights; the other ranks only join the barrier
+                    torch.save(state, Path(d) / STATE_FILE)
+                    checkpoint = Checkpoint.from_directory(d)
+                ray.train.report(metrics, checkpoint=checkpoint)
         timing["checkpoint_seconds"] += time.perf_counter() - t1
 
     try:
@@ -94,7 +104,9 @@ def _run_worker(config: dict[str, Any], payload: dict[str, Any], params: Params,
         report({"done": 1}, resume)
         return
     on_device = params.ray.data_on_device
-    ctx = JobContext(device=ray.train.torch.get_device(), rank=rank, world_size=world,
+    local = config.get("local_dir") is not None
+    device = local_device(params) if local else ray.train.torch.get_device()
+    ctx = JobContext(device=device, rank=rank, world_size=world,
                      resume=resume, report=report, log=lambda line: print(line, flush=True),
                      checkpoint_every=config["checkpoint_every"],
                      data_on_device=None if on_device == "auto" else on_device)
@@ -105,7 +117,8 @@ def _run_worker(config: dict[str, Any], payload: dict[str, Any], params: Params,
         info = run_case(case, params, payload["methods"], ctx)
         report({"done": 1}, {"model": {}, RETENTION_PLAN: None, "info": info})
         return
-    info, model = run_loop(config["kind"], payload, params, ctx, ray.train.torch.prepare_model)
+    prepare = (lambda m: m.to(device)) if local else ray.train.torch.prepare_model
+    info, model = run_loop(config["kind"], payload, params, ctx, prepare)
     info.update(timing, worker_end=time.time(), worker_max_rss_mb=max_rss_mb())
     final = {"model": cpu_state(model),
              RETENTION_PLAN: info.pop(RETENTION_PLAN, None), "info": info}
@@ -159,6 +172,31 @@ def run_loop(kind: str, payload: dict[str, Any], params: Params, ctx: JobContext
     info["sample_grads"] = compute.sample_grads * ctx.world_size
     info["job_seconds"] = time.perf_counter() - t0
     return info, model
+
+
+def local_device(params: Params) -> torch.device:
+    """The device of a loop that runs in this process (local mode): its GPU unless
+    ray.use_gpu is false (Ray assigns no GPU to a process it did not start)."""
+    gpu = params.ray.use_gpu is not False and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def _local_checkpoint(run_dir: Path, state: dict, keep: int = 2) -> Checkpoint:
+    """A local-mode job's checkpoint, where a Ray Train job keeps its own
+    (<storage_path>/<run>/checkpoint_<n>), the last `keep` of them kept, as CheckpointConfig
+    does for the workers' jobs. Written to a temporary name, then renamed: a crash never
+    leaves a half-written checkpoint under the final name."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = sorted(run_dir.glob("checkpoint_*"))
+    number = int(done[-1].name.split("_")[1]) + 1 if done else 0
+    target = run_dir / f"checkpoint_{number:06d}"
+    tmp = run_dir / f".{target.name}.tmp"
+    tmp.mkdir()
+    torch.save(state, tmp / STATE_FILE)
+    tmp.rename(target)
+    for old in done[:max(0, len(done) + 1 - keep)]:
+        shutil.rmtree(old)
+    return Checkpoint.from_directory(str(target))
 
 
 def max_rss_mb() -> float:

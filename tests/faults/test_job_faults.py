@@ -39,9 +39,10 @@ def train_worker_pids():
 
 def test_killed_worker_resumes_from_its_checkpoint(workspace):
     ws, env = workspace
-    # 600 retention steps (10-30 s of compute here), a checkpoint every 100: a window to kill in
+    # 600 retention steps (10-30 s of compute here), a checkpoint every 100: a window to kill
+    # in; as a Ray Train job with its own worker (auto would run it in the stage's process)
     set_params(ws, {"unlearn.finetune.steps": 600, "ray.checkpoint_every": 100,
-                    "ray.max_failures": 1})
+                    "ray.max_failures": 1, "ray.job_mode": "workers"})
     run(["dvc", "repro", "decouple"], ws, env)
     run(["python", "-m", "flows.finetune"], ws, env)
     undisturbed = torch.load(ws / "models/unlearned.pt", weights_only=True)
