@@ -36,6 +36,7 @@ from components.splits import (
 )
 from components.tasks import TaskSpec
 from components.training import DivergenceError
+from flows.tracking import fail_pipeline_run
 
 SPLIT_DIR = Path("data/splits")
 MODEL_DIR = Path("models")
@@ -216,6 +217,8 @@ def run_stage(stage: Any, **kwargs: Any) -> None:
     """
     state = stage(return_state=True, **kwargs)
     if state.is_failed() or state.is_crashed():
+        if state.name != UNAVAILABLE:  # no second wait on a tracking server that is down
+            fail_pipeline_run()
         print(f"error: {state.message}", file=sys.stderr)
         sys.exit(2 if state.name == REFUSED else 1)
 

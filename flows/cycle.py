@@ -44,6 +44,7 @@ from components.review import request_ids
 from components.verdict import audit_verdict
 from flows.common import StageError, stage_flow, stage_params
 from flows.gate import champion_problems
+from flows.scores import CACHE_ENV
 from flows.stack import flow_api_env
 from flows.start import CHECKPOINT_ARTIFACT, START_FILE
 from flows.tracking import (
@@ -123,7 +124,9 @@ def start_spec(params: Params) -> dict[str, Any]:
 def clone_env(root: Path) -> dict[str, str]:
     """The cycle's environment: the workspace's MLflow (its registry, not a clone's), tools."""
     return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "DVC_NO_ANALYTICS": "1",
-            "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            # the models a cycle leaves unchanged (the original) are not scored again
+            CACHE_ENV: os.environ.get(CACHE_ENV, str(root / ".cache/scores"))}
 
 
 @task(name="clone", cache_policy=NO_CACHE)

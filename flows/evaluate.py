@@ -14,7 +14,7 @@ import torch
 from components.audits import eval_pairs
 from components.data import ImageSet
 from components.metrics import make_judge, quality_metrics, retrain_gap
-from components.splits import Split
+from components.splits import Split, file_sha256
 from flows.audit import MODELS
 from flows.common import (
     MODEL_DIR,
@@ -34,6 +34,7 @@ from flows.common import (
     write_json,
 )
 from flows.jobs import map_models
+from flows.scores import scored, stage_key
 from flows.summary import print_summary
 from flows.tracking import log_figures, stage_run
 
@@ -41,6 +42,7 @@ from flows.tracking import log_figures, stage_run
 KEYS = ("data", "evaluate", "model.task", "model.inpaint_box", "model.outpaint_border")
 QUALITY_SETS = ("forget", "retain", "test")
 JUDGED_SETS = ("forget", "retain")  # Li et al.: retain FID ≈ original's, forget FID up
+JUDGE = "judge"  # the domain classifier's own entry among the kept figures (its accuracy)
 
 
 def classifier_data(splits: dict[str, Split], sets: dict[str, ImageSet], limit: int,
@@ -78,13 +80,24 @@ def evaluate() -> dict:
                                      params.seed)
     classes = max(len(sets["train"].class_names), int(labels.max()) + 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    judge = make_judge(images, labels, classes, {s: data[s][1] for s in JUDGED_SETS},
-                       params.evaluate, params.seed, device)
+
+    def score(names: list[str]) -> dict[str, dict]:
+        judge = make_judge(images, labels, classes, {s: data[s][1] for s in JUDGED_SETS},
+                           params.evaluate, params.seed, device)
+        # map_models calls fn(model, *shared, device): the judge goes in by keyword
+        out = map_models(functools.partial(quality_metrics, judge=judge),
+                         {n: blobs[n] for n in names if n != JUDGE}, (data,), params)
+        return {**out, JUDGE: {"train_accuracy": judge.classifier.train_accuracy}}
+
+    hashes = {m: file_sha256(MODEL_DIR / f"{m}.pt") for m in models}
     with stage_run("evaluate", params, KEYS, {"forget_split_hash": summary["hashes"]["forget"]},
                    splits=summary):
-        # map_models calls fn(model, *shared, device): the judge goes in by keyword
-        quality = map_models(functools.partial(quality_metrics, judge=judge), blobs, (data,),
-                             params)
+        # the judge is trained again only when some model is scored again
+        quality, fresh = scored(stage_key("evaluate", params, KEYS, summary["hashes"]),
+                                {**hashes, JUDGE: JUDGE}, score)
+        print(f"[evaluate] scored {', '.join(n for n in fresh if n != JUDGE) or 'none'}; "
+              "kept the figures of "
+              f"{', '.join(n for n in models if n not in fresh) or 'none'} (unchanged files)")
         blocks = {m: {**quality[m], **audit[m]} for m in models}
         for m in models:  # without a reference there is no gap to it (null in the JSON)
             blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"]) \
@@ -101,7 +114,7 @@ def evaluate() -> dict:
             "retrain_sample_grads": grads[2],
             "cost_ratio": unlearn_s / retrain_s if retrain_s else None,
             "cost_ratio_grads": None if None in grads else (grads[0] + grads[1]) / grads[2],
-            "classifier_accuracy": judge.classifier.train_accuracy,
+            "classifier_accuracy": quality[JUDGE]["train_accuracy"],
         }
         for m in models:
             log_figures(m, blocks[m])

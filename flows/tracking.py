@@ -27,6 +27,7 @@ import mlflow
 import yaml
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.params import Params
@@ -102,6 +103,22 @@ def create_pipeline_run(experiment_id: str, pipeline_id: str, kind: str,
 
 def end_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status)
+
+
+def fail_pipeline_run() -> None:
+    """Mark FAILED the `repro-*` parent run of the `dvc repro` this failed stage runs under
+    (else it would stay RUNNING: only `register` ends it). A cycle ends its own parent."""
+    key = dvc_process_key()
+    if key is None or os.environ.get(PARENT_ENV):
+        return
+    try:
+        c = client()
+        ids = [e.experiment_id for e in c.search_experiments()]
+        for run in c.search_runs(ids, f"tags.`{KEY_TAG}` = '{key}' and "
+                                      "attributes.status = 'RUNNING'"):
+            c.set_terminated(run.info.run_id, "FAILED")
+    except MlflowException:  # the stage's own error is the one to report
+        pass
 
 
 def pipeline_parent(experiment_id: str) -> tuple[str, str] | None:

@@ -17,7 +17,8 @@ import hashlib, json, sys, mlflow
 from mlflow import MlflowClient
 from components.params import AuditParams
 from components.verdict import audit_verdict
-REFERENCE = {"backdoor_asr": 0.0, "mia_auc": 0.5, "mia_efficacy": 0.4, "ood_auroc": 0.66}
+REFERENCE = {"backdoor_asr": 0.0, "mia_auc": 0.5, "mia_efficacy": 0.4, "ood_auroc": 0.66,
+             "trigger_psnr": 19.0}
 mlflow.set_experiment("race")
 for audit in sys.argv[1:]:
     tags = {}

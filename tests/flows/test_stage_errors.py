@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 
 def run_stage(ws, env, stage):
@@ -50,11 +51,17 @@ def test_stage_before_its_inputs_says_what_to_run(workspace):
 
 def test_train_stops_when_the_original_learned_nothing(workspace):
     """One epoch at a learning rate that moves nothing: the original is no better than the
-    mean image, and the pipeline stops there, before anything is unlearned or audited."""
+    mean image, and the pipeline stops there, before anything is unlearned or audited; the
+    repro's parent run in MLflow ends FAILED, not RUNNING forever."""
     ws, env = workspace
     set_params(ws, train__epochs=1, train__lr=1e-9)
-    assert run_stage(ws, env, "prepare").returncode == 0
-    proc = run_stage(ws, env, "train")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "the original model did not learn its task: held-out PSNR" in proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
+    proc = subprocess.run(["dvc", "repro", "train"], cwd=ws, env=env, capture_output=True,
+                          text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "the original model did not learn its task: held-out PSNR" in out
+    assert "Traceback" not in out
+    mlflow = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = mlflow.search_runs([e.experiment_id for e in mlflow.search_experiments()],
+                              "tags.stage = 'pipeline'")
+    assert [(r.info.run_name[:6], r.info.status) for r in runs] == [("repro-", "FAILED")]

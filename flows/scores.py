@@ -1,0 +1,75 @@
+"""Per-model figures of the audit and evaluate stages, kept so that an unchanged model is not
+scored again.
+
+DVC reruns `audit` and `evaluate` whenever one of their inputs changes, and they score every
+model (original, decoupled, unlearned, retrained). After a change to the unlearning alone
+(`-S unlearn.finetune.steps=...`), three of the four models are the files they were: scoring
+them again took ~10 s of a 17 s evaluate here (README, Performance). A model's figures are a
+function of its file, the data the stage draws (the split manifests, which hold every
+sample's sha256), the params the stage reads, the seed, the code that scores and the device
+kind: all of that is the key, so any change scores again. Entries are small JSON files under
+`.cache/scores/` (not versioned; deleting the folder only costs time; a cycle keeps them in
+its workspace's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.params import Params
+from flows.tracking import pick
+
+# UNLEARN_SCORE_CACHE: a deletion cycle keeps them in its workspace, not in its short-lived clone
+CACHE_ENV = "UNLEARN_SCORE_CACHE"
+# the code a model's figures come from: any edit under it scores every model again
+CODE_ROOTS = (Path(__file__).resolve().parents[1] / "components",)
+
+
+def _code_digest() -> str:
+    h = hashlib.sha256(torch.__version__.encode())
+    for root in CODE_ROOTS:
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def stage_key(stage: str, params: Params, keys: tuple[str, ...], split_hashes: dict) -> str:
+    """What a stage's figures of one model depend on besides the model file."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    inputs = {"stage": stage, "seed": params.seed, "splits": split_hashes, "device": device,
+              "params": pick(params.model_dump(mode="json"), keys), "code": _code_digest()}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def scored(key: str, hashes: dict[str, str], score: Callable[[list[str]], dict[str, Any]],
+           cache: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Every model's figures: kept ones for model files seen under this key, `score(names)`
+    for the rest (then kept). Returns (name -> figures, the names scored now).
+
+    Args:
+        key: stage_key's digest.
+        hashes: model name -> sha256 of its file.
+        score: names -> {name: figures} for at least those names.
+        cache: where entries live (default: $UNLEARN_SCORE_CACHE, else .cache/scores).
+    """
+    cache = cache or Path(os.environ.get(CACHE_ENV, ".cache/scores"))
+    files = {name: cache / f"{key[:32]}-{sha[:32]}.json" for name, sha in hashes.items()}
+    results = {name: json.loads(f.read_text()) for name, f in files.items() if f.exists()}
+    todo = [name for name in hashes if name not in results]
+    if todo:
+        fresh = score(todo)
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in todo:
+            tmp = files[name].with_suffix(".tmp")
+            tmp.write_text(json.dumps(fresh[name], sort_keys=True))
+            tmp.replace(files[name])  # whole or absent, never half-written
+        results.update(fresh)
+    return {name: results[name] for name in hashes}, todo
