@@ -29,7 +29,7 @@ from flows.common import (
     write_json,
 )
 from flows.jobs import map_models
-from flows.scores import scored, stage_key
+from flows.scores import kept_line, scored, stage_key
 from flows.tracking import log_figures, stage_run
 
 MODELS = ("original", "decoupled", "unlearned", "retrained")
@@ -58,8 +58,7 @@ def audit() -> dict:
             stage_key("audit", params, KEYS, summary["hashes"]), hashes,
             lambda names: map_models(audit_model, {n: blobs[n] for n in names},
                                      (data, spec, params.backdoor.threshold), params))
-        print(f"[audit] scored {', '.join(fresh) or 'none'}; kept the figures of "
-              f"{', '.join(n for n in results if n not in fresh) or 'none'} (unchanged files)")
+        print(kept_line("audit", list(results), fresh))
         for name, figures in results.items():
             log_figures(name, figures)
         # what the reference-free verdict reads besides the model's own figures: has a

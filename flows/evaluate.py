@@ -34,7 +34,7 @@ from flows.common import (
     write_json,
 )
 from flows.jobs import map_models
-from flows.scores import scored, stage_key
+from flows.scores import kept_line, scored, stage_key
 from flows.summary import print_summary
 from flows.tracking import log_figures, stage_run
 
@@ -95,9 +95,7 @@ def evaluate() -> dict:
         # the judge is trained again only when some model is scored again
         quality, fresh = scored(stage_key("evaluate", params, KEYS, summary["hashes"]),
                                 {**hashes, JUDGE: JUDGE}, score)
-        print(f"[evaluate] scored {', '.join(n for n in fresh if n != JUDGE) or 'none'}; "
-              "kept the figures of "
-              f"{', '.join(n for n in models if n not in fresh) or 'none'} (unchanged files)")
+        print(kept_line("evaluate", models, fresh))
         blocks = {m: {**quality[m], **audit[m]} for m in models}
         for m in models:  # without a reference there is no gap to it (null in the JSON)
             blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"]) \

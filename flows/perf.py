@@ -64,6 +64,7 @@ from flows.worker import max_rss_mb, run_loop
 # the ways the unlearning job runs through the pipeline, side by side (ray.job_mode); the
 # first is the default's (auto picks local for it on one machine)
 MODES = ("local", "workers")
+STAGES = 2  # the unlearning job's stages, one job each: decouple, finetune
 # the cases the pipeline flows run, by name: Prefect records a flow's parameters, so the
 # arrays stay here and only the name travels
 _CASES: dict[str, dict[str, Any]] = {}
@@ -222,10 +223,10 @@ def bench_perf(params: Params) -> dict:
     once = {"local": prefect_start_s, "workers": ray_start_s + prefect_start_s}
 
     def by_mode(mode: str) -> dict:
-        # per stage (decouple, finetune: one job each): the pipeline's wall time less the
-        # loops' compute, i.e. what the orchestration adds to each stage
-        fixed = [(p["flow_s"] + sum(v for k, v in p.items() if k not in ("flow_s", "compute_s")))
-                 / 2 for p in parts[mode]]
+        # per stage: the pipeline's wall time less the loops' compute, i.e. what the
+        # orchestration adds to each stage
+        fixed = [(s - p["compute_s"]) / STAGES for s, p in zip(pipe[mode], parts[mode],
+                                                                 strict=True)]
         return {
             "overhead_ratio": spread([p / q for p, q in zip(pipe[mode], plain, strict=True)]),
             "overhead_ratio_cold": spread([(p + once[mode]) / q

@@ -4,13 +4,12 @@ scored again.
 DVC reruns `audit` and `evaluate` whenever one of their inputs changes, and they score every
 model (original, decoupled, unlearned, retrained). After a change to the unlearning alone
 (`-S unlearn.finetune.steps=...`), three of the four models are the files they were; keeping
-their figures took evaluate's flow from 17 to 11 s and audit's from 5 to 3 s here (README,
-Performance). A model's figures are a
-function of its file, the data the stage draws (the split manifests, which hold every
-sample's sha256), the params the stage reads, the seed, the code that scores and the device
-kind: all of that is the key, so any change scores again. Entries are small JSON files under
-`.cache/scores/` (not versioned; deleting the folder only costs time; a cycle keeps them in
-its workspace's).
+their figures took evaluate's flow from 17 to 11 s and audit's from 5 to 3 s here
+(reports/runtime.json). A model's figures are a function of its file, the data the stage
+draws (the split manifests, which hold every sample's sha256), the params the stage reads,
+the seed, the code that scores and the device kind: all of that is the key, so any change
+scores again. Entries are small JSON files under `.cache/scores/` (not versioned; deleting
+the folder only costs time; a cycle keeps them in its workspace's).
 """
 
 from __future__ import annotations
@@ -74,3 +73,10 @@ def scored(key: str, hashes: dict[str, str], score: Callable[[list[str]], dict[s
             tmp.replace(files[name])  # whole or absent, never half-written
         results.update(fresh)
     return {name: results[name] for name in hashes}, todo
+
+
+def kept_line(stage: str, names: list[str], fresh: list[str]) -> str:
+    """The stage's line on which models it scored and which figures it kept."""
+    kept = [n for n in names if n not in fresh]
+    return (f"[{stage}] scored {', '.join(n for n in fresh if n in names) or 'none'}; kept the "
+            f"figures of {', '.join(kept) or 'none'} (unchanged files)")

@@ -2,12 +2,12 @@
 
 Every stage is its own process (DVC runs `python -m flows.<stage>`). With nothing configured,
 Prefect starts a temporary API server in each of them and stops it at the end: 4-10 s per
-stage here (reports/perf.md), ~1 min of a `dvc repro`. A server started once for the whole
-run costs that once (~8 s) and each stage's first flow then takes ~1 s. Used by `make demo`
-(`python -m flows.stack dvc repro`); a deletion cycle, itself a flow, hands its own API to
-its stages (flow_api_env). A server the user already
-runs (PREFECT_API_URL, e.g. `make services-up`) is used as it is; when the server cannot
-start, the stages fall back to the temporary one, as before.
+stage here (reports/perf.md: 6.7 s), ~1 min of a `dvc repro`. A server started once for the
+whole run costs that once (3.5 s here) and each stage's first flow then takes ~1 s. Used by
+`make demo` (`python -m flows.stack dvc repro`); a deletion cycle, itself a flow, hands its
+own API to its stages (flow_api_env). A server the user already runs (PREFECT_API_URL, e.g.
+`make services-up`) is used as it is; when the server cannot start, the stages fall back to
+the temporary one, as before.
 
 Ray needs no such server here: the unlearning jobs run in the stage's process
 (`ray.job_mode: auto`, flows/jobs.py), and a training job's start-up is its worker
@@ -69,10 +69,10 @@ def prefect_server(log_file: Path = LOG_FILE) -> Iterator[dict[str, str]]:
     if os.environ.get("PREFECT_API_URL"):
         yield {}
         return
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    port = str(_free_port())
+    url = f"http://127.0.0.1:{port}/api"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     prefect = Path(sys.executable).parent / "prefect"
-    port = url.rsplit(":", 1)[1].split("/")[0]
     with log_file.open("ab") as log:
         # the API only: scheduling and the UI belong to a server the user runs for itself
         proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1",
@@ -116,7 +116,11 @@ def run(ctx: typer.Context) -> None:
         if env:
             print(f"[stack] Prefect server at {env['PREFECT_API_URL']} "
                   f"(up in {time.perf_counter() - t0:.1f} s, log {LOG_FILE})", flush=True)
-        code = subprocess.call(ctx.args, env={**os.environ, **env})
+        try:
+            code = subprocess.call(ctx.args, env={**os.environ, **env})
+        except FileNotFoundError:
+            print(f"error: command not found: {ctx.args[0]}", file=sys.stderr)
+            code = 127
     raise typer.Exit(code)
 
 

@@ -38,3 +38,6 @@ def test_a_configured_server_is_used_as_it_is(tmp_path):
     assert proc.returncode == 3 and proc.stdout.strip() == "http://127.0.0.1:9/api"
     assert not (tmp_path / ".prefect").exists()  # nothing started
     assert stack([], env, tmp_path).returncode == 2
+    missing = stack(["no-such-command"], env, tmp_path)
+    assert missing.returncode == 127 and "command not found: no-such-command" in missing.stderr
+    assert "Traceback" not in missing.stderr
