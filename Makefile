@@ -31,34 +31,34 @@ $(FMNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
-# one Prefect server for every stage (flows/stack.py), not a temporary one per stage process
+# one Prefect server for every stage (flows/runtime/stack.py), not one per stage process
 demo: setup data
 	python -m flows.stack dvc repro
 	dvc push --quiet
-	python -m flows.summary
+	python -m flows.ops.summary
 
 # every method x seeds x scenarios -> reports/benchmark.{json,md,png}; DATASET=cifar10 DATA=<dir>
 benchmark: setup data
-	python -m flows.benchmark $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data $(DATA))
+	python -m tools.benchmark $(if $(DATASET),--dataset $(DATASET)) $(if $(DATA),--data $(DATA))
 
 # the ablations of decouple (benchmark.variants) -> reports/ablation.{json,md,png}
 ablation: setup data
-	python -m flows.benchmark --scenarios class,clean_class,memorize --out ablation \
+	python -m tools.benchmark --scenarios class,clean_class,memorize --out ablation \
 	  --methods decouple,decouple_gamma01,decouple_no_budget,decouple_keep0,decouple_no_transplant,decouple_ignore,decouple_reproduce,decouple_no_ascent,decouple_quantile,retrain
 
 # each model family (mae, vqtoken, diffusion) inpainting an ImageFolder export, one `dvc exp run`
 # each, in a clone (.families/) -> reports/families.{json,md}
 families: setup data
-	python -m flows.families
+	python -m tools.families
 
 # orchestration overhead, unlearning vs retraining cost, scaling -> reports/perf.{json,md,png}
 bench-perf: setup data
-	python -m flows.perf
+	python -m tools.perf
 
 # the components' loops on this machine's device (CUDA when present, else a tiny CPU run):
 # images/s, peak memory, data-wait share per family -> reports/gpu.{json,md}
 bench-gpu: setup
-	python -m flows.bench_gpu $(if $(BUDGET),--budget $(BUDGET))
+	python -m tools.bench_gpu $(if $(BUDGET),--budget $(BUDGET))
 
 # gpu/ (ignored): the pydantic wheels, at requirements.lock's versions, that a GPU machine
 # with Python 3.12 and torch but no pydantic needs to run bench-gpu (README: GPU benchmark)

@@ -67,7 +67,7 @@ def verdict_agreement(records: list[dict]) -> dict:
     trigger fidelity failed).
 
     Args:
-        records: flows.benchmark.judge_cases's records.
+        records: tools.benchmark.judge_cases's records.
 
     Returns:
         {"table": {"pass/pass", "pass/fail", "fail/pass", "fail/fail"} (retrained/free),

@@ -1,7 +1,7 @@
 """The promotion gate's checks that need no registry: which model file the reports describe,
 and whether a recorded verdict follows from its figures.
 
-flows/register.py refuses to register a model the audit did not judge; flows/gate.py runs
+flows/register.py refuses to register a model the audit did not judge; flows/ops/gate.py runs
 the same checks again on a registered version's artifacts before promoting it, and on the
 champion before `unlearn review` vouches for it or a cycle starts from it.
 """

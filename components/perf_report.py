@@ -1,4 +1,4 @@
-"""The figures of `make bench-perf` (flows/perf.py): spreads over repeats, where a pipeline
+"""The figures of `make bench-perf` (tools/perf.py): spreads over repeats, where a pipeline
 job's time goes, the Markdown table and the scaling plot. Pure functions of measured numbers.
 """
 
@@ -22,7 +22,7 @@ def job_breakdown(call_start: float, call_end: float, info: dict) -> dict[str, f
 
     Args:
         call_start, call_end: wall-clock time (time.time()) around the driver's run_job call.
-        info: the job's figures (flows.worker.train_loop's timing entries).
+        info: the job's figures (flows.runtime.worker.train_loop's timing entries).
 
     Returns:
         JOB_PARTS -> seconds. spinup: Prefect task, object-store put, Ray Train controller,

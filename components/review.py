@@ -1,6 +1,6 @@
 """What a reviewer reads on a registered model version, without code: which params a stage
 reads, the method's variant, the forget scope in words, flat audit tags, and the version's
-Markdown description (flows/review.py writes it at registration and again at promotion).
+Markdown description (flows/ops/review.py writes it at registration and again at promotion).
 
 Pure functions over plain dicts: the record `register` keeps as the version's
 `review/record.json` artifact, and the version's tags.

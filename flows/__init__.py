@@ -1,4 +1,9 @@
-"""Prefect flows: one module per pipeline stage (`python -m flows.<stage>`), thin wiring only.
+"""Prefect flows. This folder holds the eight DVC stages, one module each, thin wiring only
+(`python -m flows.<stage>`: prepare, train, start, decouple, finetune, audit, evaluate,
+register); `runtime/` is what they run on (stage wrapper, Ray Train jobs, MLflow, Prefect
+server), `ops/` is how the pipeline is operated (the `unlearn` CLI, cycles, review, gate).
+`stack.py`, `benchmark.py` and `export_imagefolder.py` here only keep documented commands
+working (`python -m flows.stack ...`); their code is in runtime/ and tools/.
 
 Quiet, offline defaults for the embedded stack are set here, before Prefect, Ray or MLflow
 are imported; a value already in the environment wins.

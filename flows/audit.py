@@ -3,7 +3,7 @@ score for the original, decoupled, unlearned and retrained models (Ray tasks, on
 
 MIA and OOD use the clean forget samples; the poisoned ones are the backdoor audit's. For
 class forgetting the MIA reference is held-out data of the same classes, so that the AUC
-measures membership and not class difficulty (flows.common.eval_splits).
+measures membership and not class difficulty (flows.runtime.common.eval_splits).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from components.audits import audit_model, eval_pairs
 from components.splits import file_sha256, whole_class_share
 from components.verdict import audit_verdict
-from flows.common import (
+from flows.runtime.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
@@ -28,9 +28,9 @@ from flows.common import (
     task_spec,
     write_json,
 )
-from flows.jobs import map_models
-from flows.scores import kept_line, scored, stage_key
-from flows.tracking import log_figures, stage_run
+from flows.runtime.jobs import map_models
+from flows.runtime.scores import kept_line, scored, stage_key
+from flows.runtime.tracking import log_figures, stage_run
 
 MODELS = ("original", "decoupled", "unlearned", "retrained")
 # the params it reads (logged on its run)

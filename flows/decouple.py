@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from components.methods import get_method
 from components.methods.base import RETENTION_PLAN
+from components.params import Params
 from components.review import method_keys
 from components.splits import file_sha256
-from flows.common import (
+from flows.runtime.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
@@ -28,10 +31,22 @@ from flows.common import (
     start_model,
     write_json,
 )
-from flows.jobs import run_job
-from flows.tracking import log_figures, stage_run
+from flows.runtime.jobs import run_job
+from flows.runtime.tracking import log_figures, stage_run
 
 KEYS = ("data", "ray")  # with the method's own params (logged on its run)
+
+
+def forget_job(params: Params, sets: dict, splits: dict, forget: np.ndarray, start: dict,
+               shape: tuple, run_id: str) -> tuple[dict, dict]:
+    """The stage's job: `unlearn.method`'s forgetting phase from `start` on the `forget`
+    indices (the retain and held-out sets along for methods that read them). `make bench-perf`
+    (tools/perf.py) times this very call. Returns (figures, weights)."""
+    return run_job(
+        "forget", f"decouple-{params.unlearn.method}", params, shape,
+        job_sets(sets, forget=[forget], retain=[splits["retain"]], heldout=[splits["heldout"]]),
+        run_id, init=start, original=start,
+    )
 
 
 @stage_flow("decouple")
@@ -48,12 +63,7 @@ def decouple() -> dict:
     keys = (*method_keys(method.name, retention=False), *KEYS)
     with stage_run("decouple", params, keys, tags, splits=summary) as run:
         t0 = time.perf_counter()
-        info, state = run_job(
-            "forget", f"decouple-{method.name}", params, shape,
-            job_sets(sets, forget=[forget], retain=[splits["retain"]],
-                     heldout=[splits["heldout"]]),
-            run.info.run_id, init=start, original=start,
-        )
+        info, state = forget_job(params, sets, splits, forget, start, shape, run.info.run_id)
         info["stage_seconds"] = time.perf_counter() - t0
         save_model(MODEL_DIR / "decoupled.pt", state, params, shape, info)
         info.pop(RETENTION_PLAN, None)  # kept with the model, not in the report

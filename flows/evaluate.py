@@ -16,7 +16,8 @@ from components.data import ImageSet
 from components.metrics import make_judge, quality_metrics, retrain_gap
 from components.splits import Split, file_sha256
 from flows.audit import MODELS
-from flows.common import (
+from flows.ops.summary import print_summary
+from flows.runtime.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
@@ -33,10 +34,9 @@ from flows.common import (
     task_spec,
     write_json,
 )
-from flows.jobs import map_models
-from flows.scores import kept_line, scored, stage_key
-from flows.summary import print_summary
-from flows.tracking import log_figures, stage_run
+from flows.runtime.jobs import map_models
+from flows.runtime.scores import kept_line, scored, stage_key
+from flows.runtime.tracking import log_figures, stage_run
 
 # the params it reads (logged on its run)
 KEYS = ("data", "evaluate", "model.task", "model.inpaint_box", "model.outpaint_border")
@@ -72,7 +72,7 @@ def evaluate() -> dict:
     unlearn_s = sum(p["train_seconds"] for p in phases)
     unlearn_grads = [p.get("sample_grads") for p in phases]
     retrained = train["retrained"] if "retrained" in blobs else {}
-    # sample-gradient evaluations (flows/worker.py): the cost ratio that does not move with
+    # sample-gradient evaluations (flows/runtime/worker.py): the cost ratio that does not move with
     # the machine's load; None where a record predates it, or where nothing was retrained
     grads = [*unlearn_grads, retrained.get("sample_grads")]
     summary = read_json(SPLIT_DIR / "summary.json")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from components.methods import get_method
 from components.methods.base import RETENTION_PLAN
+from components.params import Params
 from components.splits import file_sha256
-from flows.common import (
+from flows.runtime.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
@@ -28,10 +31,31 @@ from flows.common import (
     start_model,
     write_json,
 )
-from flows.jobs import run_job
-from flows.tracking import log_figures, stage_run
+from flows.runtime.jobs import run_job
+from flows.runtime.tracking import log_figures, stage_run
 
 KEYS = ("unlearn.method", "data", "ray")  # and unlearn.finetune when it retains
+
+
+def retain_job(params: Params, sets: dict, splits: dict, forget: np.ndarray, decoupled: dict,
+               plan: dict | None, start: dict, shape: tuple,
+               run_id: str) -> tuple[dict, dict, list[str]]:
+    """The stage's job: knowledge retention on the retain set from the `decoupled` weights; a
+    method that keeps its decoupling also holds each `forget` pair at its λ_i (`plan`).
+    `make bench-perf` (tools/perf.py) times this very call.
+
+    Returns:
+        (figures, weights, what the retention read): the certificate covers the released
+        model only if it read the retain set alone (components/certificate.py).
+    """
+    parts = {"retain": [splits["retain"]]}
+    if get_method(params.unlearn.method).keeps_decoupling:
+        parts["forget"] = [forget]
+    info, state = run_job("retain", f"finetune-{params.unlearn.method}", params, shape,
+                          job_sets(sets, **parts), run_id, init=decoupled, original=start,
+                          plan=plan)
+    reads = [*parts] + (["start model"] if params.unlearn.finetune.distill > 0 else [])
+    return info, state, reads
 
 
 @stage_flow("finetune")
@@ -54,22 +78,17 @@ def finetune() -> dict:
             splits = load_splits(sets)
             start, covers = start_model()
             t0 = time.perf_counter()
-            parts, plan = {"retain": [splits["retain"]]}, None
+            plan = None
             if method.keeps_decoupling:  # each forget pair kept at its λ_i, ρ transplanted
-                parts["forget"] = [new_forget(splits["forget"], covers)]
                 plan = decoupled_file.get(RETENTION_PLAN)
                 if plan is None:
                     raise StageError("models/decoupled.pt holds no retention plan (written by an "
                                      "older version): rerun the decouple stage (dvc repro)")
-            info, state = run_job(
-                "retain", f"finetune-{method.name}", params, shape, job_sets(sets, **parts),
-                run.info.run_id, init=decoupled, original=start, plan=plan,
-            )
+            info, state, reads = retain_job(params, sets, splits,
+                                            new_forget(splits["forget"], covers), decoupled,
+                                            plan, start, shape, run.info.run_id)
             info["stage_seconds"] = time.perf_counter() - t0
-            # what the retention read: the certificate covers the released model only if
-            # this is the retain set alone (components/certificate.py)
-            info["reads"] = [*parts] + (["start model"] if params.unlearn.finetune.distill > 0
-                                        else [])
+            info["reads"] = reads
         save_model(MODEL_DIR / "unlearned.pt", state, params, shape, info)
         log_figures("", info)
     report = {"method": method.name, **info, "mlflow_run_id": run.info.run_id,

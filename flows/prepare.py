@@ -8,7 +8,7 @@ names the deletion request (ledger/requests.jsonl) each requested sample was for
 from __future__ import annotations
 
 from components.splits import SPLITS, write_manifest
-from flows.common import (
+from flows.runtime.common import (
     SPLIT_DIR,
     draw_splits,
     load_sets,
@@ -17,7 +17,7 @@ from flows.common import (
     stage_params,
     write_json,
 )
-from flows.tracking import log_figures, stage_run
+from flows.runtime.tracking import log_figures, stage_run
 
 KEYS = ("data", "forget", "backdoor")  # the params it reads, logged on its run
 

@@ -36,7 +36,9 @@ from components.review import (
 )
 from components.splits import file_sha256
 from components.verdict import AUDITS
-from flows.common import (
+from flows.ops.gate import ARTIFACT_TAG
+from flows.ops.review import RECORD_ARTIFACT, refresh_description
+from flows.runtime.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
@@ -48,9 +50,7 @@ from flows.common import (
     stage_params,
     write_json,
 )
-from flows.gate import ARTIFACT_TAG
-from flows.review import RECORD_ARTIFACT, refresh_description
-from flows.tracking import (
+from flows.runtime.tracking import (
     PIPELINE_TAG,
     client,
     end_pipeline_run,
@@ -72,7 +72,7 @@ def version_tags(params: Params, audit: dict, summary: dict, lock_hash: str,
     """Flat tags a reviewer reads and filters on in MLflow's UI and search: method and
     variant, forget scope, one tag per audit figure, reference and rule, the certificate's
     coverage, hashes. The JSON blocks `unlearn review` reads are the review/record.json
-    artifact (flows/review.py)."""
+    artifact (flows/ops/review.py)."""
     verdict = audit["verdict"]
     unlearned = audit["models"]["unlearned"]
     reference = audit["models"].get("retrained")  # None: audited reference-free

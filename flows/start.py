@@ -20,7 +20,8 @@ import torch
 from components.ledger import LEDGER_DIR
 from components.params import registered_model_name
 from components.splits import file_sha256
-from flows.common import (
+from flows.ops.gate import ARTIFACT_TAG, CHECKPOINT_ARTIFACT
+from flows.runtime.common import (
     MODEL_DIR,
     StageError,
     read_json,
@@ -29,8 +30,7 @@ from flows.common import (
     stage_flow,
     stage_params,
 )
-from flows.gate import ARTIFACT_TAG, CHECKPOINT_ARTIFACT
-from flows.tracking import client, tracking_uri
+from flows.runtime.tracking import client, tracking_uri
 
 START_FILE = LEDGER_DIR / "start.json"
 __all__ = ["CHECKPOINT_ARTIFACT", "START_FILE", "champion_weights", "start"]

@@ -25,7 +25,7 @@ from components.models import model_file_problems, model_from_file
 from components.params import Params
 from components.review import model_keys
 from components.tasks import to_float
-from flows.common import (
+from flows.runtime.common import (
     MODEL_DIR,
     NO_REFERENCE,
     REPORT_DIR,
@@ -46,9 +46,9 @@ from flows.common import (
     task_spec,
     write_json,
 )
-from flows.jobs import run_job
+from flows.runtime.jobs import run_job
+from flows.runtime.tracking import client, log_figures, stage_run
 from flows.start import champion_weights
-from flows.tracking import client, log_figures, stage_run
 
 # the params it reads besides the model family's (logged on its runs)
 KEYS = ("data", "backdoor", "train", "audit.reference", "ray")

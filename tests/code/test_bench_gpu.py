@@ -1,4 +1,4 @@
-"""`make bench-gpu` (flows/bench_gpu.py) on the CPU: its tiny run writes every figure per
+"""`make bench-gpu` (tools/bench_gpu.py) on the CPU: its tiny run writes every figure per
 family, and it runs where Ray, MLflow, Prefect and DVC cannot be imported (the GPU machines
 this project borrows have none of them)."""
 
@@ -22,7 +22,7 @@ class Blocked(MetaPathFinder):
 sys.meta_path.insert(0, Blocked())
 sys.argv = ["bench_gpu", "--cpu", "--budget", "500", "--out", sys.argv[1]]
 try:
-    runpy.run_module("flows.bench_gpu", run_name="__main__")
+    runpy.run_module("tools.bench_gpu", run_name="__main__")
 finally:
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
     print("LOADED", loaded)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from components.params import FamiliesParams, ParamsError, parse_params
-from flows.families import check_settings, export_dataset, judge, overrides
 from tests.conftest import REPO
+from tools.families import check_settings, export_dataset, judge, overrides
 
 
 def block(forget: float, retain: float) -> dict[str, float]:
@@ -69,7 +69,7 @@ def test_a_bad_override_is_refused_before_any_run_naming_the_key():
 @pytest.mark.parametrize("arg,said", [("oops", "expected KEY=VALUE"),
                                       ("forget.classez=[8]", "did you mean 'forget.classes'")])
 def test_a_bad_set_option_is_one_line_and_nothing_runs(arg, said, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "flows.families", "--set", arg, "--out",
+    proc = subprocess.run([sys.executable, "-m", "tools.families", "--set", arg, "--out",
                            str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr

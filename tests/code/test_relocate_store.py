@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from flows.tracking import relocate_store
+from flows.runtime.tracking import relocate_store
 
 
 def test_a_copied_store_serves_its_own_artifacts(tmp_path):

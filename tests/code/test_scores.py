@@ -2,8 +2,8 @@
 its figures (the file, the stage's params, the splits, the code) scores it again."""
 
 from components.params import parse_params
-from flows import scores
-from flows.scores import scored, stage_key
+from flows.runtime import scores
+from flows.runtime.scores import scored, stage_key
 
 SPLITS = {"forget": "f" * 64, "retain": "r" * 64}
 

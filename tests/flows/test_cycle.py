@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from flows.cycle import SCHEDULE_SLUG
+from flows.ops.cycle import SCHEDULE_SLUG
 from tests.conftest import REPO
 from tests.flows.test_pipeline import run
 
@@ -140,8 +140,9 @@ def test_requests_are_refused_cleanly_and_a_second_cycle_waits(workspace):
 
 def test_redeploying_the_schedule_keeps_one_schedule(workspace):
     ws, env = workspace
-    script = ("import asyncio; from pathlib import Path; from flows.common import stage_params; "
-              "from flows.cycle import cycle_deployment, clear_stale_runs; "
+    script = ("import asyncio; from pathlib import Path; "
+              "from flows.runtime.common import stage_params; "
+              "from flows.ops.cycle import cycle_deployment, clear_stale_runs; "
               "d = cycle_deployment(stage_params(), Path.cwd()); i = d.apply(); "
               "asyncio.run(clear_stale_runs(i)); print(i)")
     first = run(["python", "-c", script], ws, env).strip().splitlines()[-1]
@@ -159,7 +160,7 @@ def test_redeploying_the_schedule_keeps_one_schedule(workspace):
 def test_prefect_yaml_schedule_is_params_schedule():
     deployment = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert deployment["entrypoint"] == "flows/cycle.py:unlearning_cycle"
+    assert deployment["entrypoint"] == "flows/ops/cycle.py:unlearning_cycle"
     assert [s["cron"] for s in deployment["schedules"]] == [params["schedule"]["cron"]]
     assert deployment["schedules"][0]["slug"] == SCHEDULE_SLUG
 

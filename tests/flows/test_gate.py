@@ -22,7 +22,7 @@ from components.models import build_model
 from components.params import AuditParams, load_params
 from components.splits import file_sha256
 from components.verdict import audit_verdict
-from flows.common import save_model
+from flows.runtime.common import save_model
 from tests.conftest import REPO
 from tests.flows.test_pipeline import review, run
 

@@ -9,7 +9,7 @@ import torch
 
 from components.models import build_model, cpu_state
 from components.params import ParamsError, parse_params
-from flows.jobs import job_mode, run_job
+from flows.runtime.jobs import job_mode, run_job
 from tests.conftest import TINY_PARAMS, deep_update
 
 

@@ -5,7 +5,7 @@ Everything is measured side by side in this one process, on this machine, `perf.
 times (median and range reported):
 - overhead: the default unlearning job (the seed method's ascent, then its retention; same
   data, steps and seed) as the pipeline runs it (a Prefect flow, two jobs, MLflow logging and
-  checkpoints) and as a plain PyTorch loop in this process (flows.worker.run_loop, the very
+  checkpoints) and as a plain PyTorch loop in this process (flows.runtime.worker.run_loop, the very
   code a job runs). The pipeline runs it both ways `ray.job_mode` offers: local (Ray Train's
   local mode in this process, the default's choice for these jobs) and workers (two Ray Train
   jobs with their own processes). Both start from the same arrays in memory: reading the
@@ -46,7 +46,9 @@ from components.perf_report import (
 )
 from components.review import method_keys
 from components.training import JobContext, seed_everything
-from flows.common import (
+from flows.decouple import forget_job
+from flows.finetune import retain_job
+from flows.runtime.common import (
     REPORT_DIR,
     USER_ERRORS,
     StageError,
@@ -57,9 +59,9 @@ from flows.common import (
     stage_params,
     write_json,
 )
-from flows.jobs import connect, job_payload, run_job
-from flows.tracking import log_figures, stage_run
-from flows.worker import max_rss_mb, run_loop
+from flows.runtime.jobs import connect, job_payload, run_job
+from flows.runtime.tracking import log_figures, stage_run
+from flows.runtime.worker import max_rss_mb, run_loop
 
 # the ways the unlearning job runs through the pipeline, side by side (ray.job_mode); the
 # first is the default's (auto picks local for it on one machine)
@@ -85,6 +87,7 @@ def draw_case(params: Params, sets: dict, original: dict | None) -> dict[str, An
         "train": job_sets(sets, train=[splits["retain"]]),
         "trainable": job_sets(sets, train=[splits["retain"], splits["forget"]]),
         "forget_samples": len(splits["forget"]),
+        "sets": sets, "splits": splits,
     }
 
 
@@ -120,22 +123,24 @@ def train_plain(case: dict[str, Any], part: str) -> tuple[float, dict, dict]:
 
 @flow(name="perf-unlearn", validate_parameters=False)
 def unlearn_pipeline(name: str, mode: str) -> dict:
-    """The unlearning job as the `decouple` and `finetune` stages run it, its two jobs run
-    the `ray.job_mode` way `mode` says (local: in this process; workers: Ray Train jobs)."""
+    """The unlearning job through the `decouple` and `finetune` stages' own job calls
+    (flows.decouple.forget_job, flows.finetune.retain_job), run the `ray.job_mode` way `mode`
+    says (local: in this process; workers: Ray Train jobs)."""
     case = _CASES[name]
     params = override(case["params"], {"ray": {"job_mode": mode}})
     shape, original = case["shape"], case["original"]
     parts, rss = [], []
     keys = (*method_keys(params.unlearn.method, retention=True), "ray")
+    sets, splits = case["sets"], case["splits"]
     with stage_run("perf-unlearn", params, keys, {"method": params.unlearn.method}) as run:
         t0 = time.time()
-        info, state = run_job("forget", "perf-decouple", params, shape, case["forget"],
-                              run.info.run_id, init=original, original=original)
+        info, state = forget_job(params, sets, splits, splits["forget"], original, shape,
+                                 run.info.run_id)
         parts.append(job_breakdown(t0, time.time(), info))
         plan = info.pop(RETENTION_PLAN, None)
         t0 = time.time()
-        info_r, _ = run_job("retain", "perf-finetune", params, shape, case["retain"],
-                            run.info.run_id, init=state, original=original, plan=plan)
+        info_r, _, _ = retain_job(params, sets, splits, splits["forget"], state, plan, original,
+                                  shape, run.info.run_id)
         parts.append(job_breakdown(t0, time.time(), info_r))
         rss += [info["worker_max_rss_mb"], info_r["worker_max_rss_mb"]]
         log_figures("", {"steps": info.get("steps", 0), **add_parts(parts)})

@@ -7,7 +7,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from flows.common import REPORT_DIR, StageError, read_json
+from flows.runtime.common import REPORT_DIR, StageError, read_json
 
 ROWS = [
     ("forget PSNR (dB)", "forget_psnr", "{:.2f}"), ("retain PSNR (dB)", "retain_psnr", "{:.2f}"),

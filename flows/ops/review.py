@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from components.review import version_description
-from flows.gate import download_artifact
-from flows.tracking import client
+from flows.ops.gate import download_artifact
+from flows.runtime.tracking import client
 
 RECORD_ARTIFACT = "review/record.json"
 REPORT_ARTIFACT = "report/report.html"

@@ -27,7 +27,7 @@ audits and metrics) and nothing of Ray, MLflow, Prefect or DVC: the GPU machines
 project borrows have none of them, and no pydantic unless its wheels are carried along
 (`make gpu-bundle`; README "GPU benchmark").
 
-    python -m flows.bench_gpu [--budget 300] [--out reports] [--cpu] [--tiny]
+    python -m tools.bench_gpu [--budget 300] [--out reports] [--cpu] [--tiny]
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ SIZES = {
 }
 
 
+# argparse, not typer like the other commands: this script is carried alone to a GPU machine
+# that has torch but not typer (README: GPU benchmark)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=None,
@@ -109,7 +111,7 @@ class Run:
     def __init__(self, budget: float, out: Path):
         self.deadline = self.until = time.perf_counter() + budget
         self.out = out
-        self.result: dict[str, Any] = {"script": "flows/bench_gpu.py", "families": {},
+        self.result: dict[str, Any] = {"script": "tools/bench_gpu.py", "families": {},
                                        "errors": []}
 
     def left(self) -> float:

@@ -1,6 +1,6 @@
 """`make families`: every model family through the whole pipeline on an ImageFolder dataset.
 
-    python -m flows.families [--names mae,diffusion] [--set forget.classes=[8]] [--out NAME]
+    python -m tools.families [--names mae,diffusion] [--set forget.classes=[8]] [--out NAME]
 
 1. Exports `families.dataset` into ImageNet's folder layout at `families.path` (once; reused).
 2. Clones HEAD into `.families/repo`, so the workspace and its outputs stay as they are; the
@@ -31,8 +31,8 @@ import yaml
 from components.data import DataError
 from components.export import export_splits
 from components.params import FamiliesParams, Params, ParamsError, override
-from flows.common import REPORT_DIR, StageError, read_json, stage_params, write_json
-from flows.cycle import clone_env, sh
+from flows.ops.cycle import clone_env, sh
+from flows.runtime.common import REPORT_DIR, StageError, read_json, stage_params, write_json
 
 WORKDIR = Path(".families")
 SETS = ("forget", "retain")

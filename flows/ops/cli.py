@@ -16,10 +16,10 @@ dataset, family and task (components.params.registered_model_name); MLflow is
 MLFLOW_TRACKING_URI or the project's mlflow.db. MLflow keeps no alias history, so every
 promotion is appended to the registered model as a tag `promotion.NNNN.<8 hex>` (who, when,
 why, from -> to, audit summary, artifact hash), and the promoted version gets `promoted.by`,
-`promoted.at`, `promoted.reason` and a description that says so (flows/review.py). Who is a
+`promoted.at`, `promoted.reason` and a description that says so (flows/ops/review.py). Who is a
 person: `--by` or UNLEARN_REVIEWER, never the OS user. The gate's tolerances are
 policy.yaml's, not params.yaml's (components/policy.py); `promote` re-reads the version's
-artifacts first (flows/gate.py).
+artifacts first (flows/ops/gate.py).
 """
 
 from __future__ import annotations
@@ -44,16 +44,16 @@ from components.params import ParamsError, registered_model_name
 from components.policy import load_policy, looser_than
 from components.review import request_ids
 from components.verdict import AUDITS
-from flows.common import SPLIT_DIR, stage_params
-from flows.gate import (
+from flows.ops.gate import (
     ARTIFACT_TAG,
     PROMOTION_PREFIX,
     champion_problems,
     inspect_version,
     promotions,
 )
-from flows.review import refresh_description, review_blocks
-from flows.tracking import client, tracking_uri
+from flows.ops.review import refresh_description, review_blocks
+from flows.runtime.common import SPLIT_DIR, stage_params
+from flows.runtime.tracking import client, tracking_uri
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False)
 forget_app = typer.Typer(help="Deletion requests: file them, list them.", no_args_is_help=True)
@@ -121,7 +121,7 @@ def describe(version: Any) -> dict:
 
 def gate_block(name: str, version: Any, role: str) -> dict:
     """Whether the gate vouches for a version: its artifacts agree with its tags, and for
-    the champion, it got there through `unlearn promote` (flows/gate.py)."""
+    the champion, it got there through `unlearn promote` (flows/ops/gate.py)."""
     if role == CHAMPION:
         problems = champion_problems(name, version)
     else:
@@ -285,7 +285,7 @@ def promote(
 def report(out: Annotated[Path, typer.Option(help="where to write the page")] =
            Path("reports/report.html")) -> None:
     """Write a self-contained HTML report of the last pipeline run (and log it to MLflow)."""
-    from flows.report import write_report
+    from flows.ops.report import write_report
 
     try:
         write_report(out)
@@ -302,7 +302,7 @@ def relocate_store_cmd(
     """Point a copied or moved embedded store (mlflow.db) at the mlartifacts/ beside it:
     MLflow records artifact locations as absolute paths, so a copy otherwise keeps serving,
     and writing to, the folder it came from (docs/operations.md, "Moving the store")."""
-    from flows.tracking import relocate_store
+    from flows.runtime.tracking import relocate_store
 
     uri = tracking_uri()
     if not uri.startswith("sqlite:///"):
@@ -341,7 +341,7 @@ def import_model(
     import torch
 
     from components.models import wrap_state_dict
-    from flows.common import load_sets, model_shape
+    from flows.runtime.common import load_sets, model_shape
 
     try:
         params = stage_params()
@@ -447,10 +447,10 @@ def forget_list(as_json: Annotated[bool, typer.Option("--json", help="print JSON
 @app.command("run")
 def run_cycle(once: Annotated[bool, typer.Option("--once", help="run one cycle now")] = False
               ) -> None:
-    """One unlearning cycle over the pending deletion requests (see flows/cycle.py)."""
+    """One unlearning cycle over the pending deletion requests (see flows/ops/cycle.py)."""
     if not once:
         fail("`unlearn run` needs --once (for the schedule: `unlearn serve`)")
-    from flows.cycle import unlearning_cycle
+    from flows.ops.cycle import unlearning_cycle
 
     state = unlearning_cycle(root=str(Path.cwd()), return_state=True)
     if state.is_failed() or state.is_crashed():
@@ -462,7 +462,7 @@ def calibrate() -> None:
     """Check the cycles' reference-free verdict against a model retrained without every
     request so far (an explicit, occasional action: it trains); recorded in
     ledger/calibrations.jsonl, nothing registered."""
-    from flows.cycle import calibration
+    from flows.ops.cycle import calibration
 
     state = calibration(root=str(Path.cwd()), return_state=True)
     if state.is_failed() or state.is_crashed():
@@ -476,7 +476,7 @@ def serve() -> None:
 
     from prefect import serve as prefect_serve
 
-    from flows.cycle import DEPLOYMENT, clear_stale_runs, cycle_deployment
+    from flows.ops.cycle import DEPLOYMENT, clear_stale_runs, cycle_deployment
 
     try:
         params = stage_params()

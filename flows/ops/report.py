@@ -28,7 +28,9 @@ from components.review import forget_scope
 from components.splits import file_sha256
 from components.training import per_sample_loss, predict
 from components.verdict import AUDITS
-from flows.common import (
+from flows.ops.gate import ARTIFACT_TAG
+from flows.ops.review import link_report
+from flows.runtime.common import (
     MODEL_DIR,
     REPORT_DIR,
     SPLIT_DIR,
@@ -42,9 +44,7 @@ from flows.common import (
     stage_params,
     task_spec,
 )
-from flows.gate import ARTIFACT_TAG
-from flows.review import link_report
-from flows.tracking import client, setup
+from flows.runtime.tracking import client, setup
 
 MODELS = ("original", "unlearned", "retrained")
 GRID = 8  # images per grid row

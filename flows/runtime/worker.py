@@ -1,8 +1,8 @@
 """What runs inside Ray's worker processes: the Ray Train worker loop and the scoring task.
 
-Kept apart from flows.jobs on purpose: a Ray worker imports the module of the function it
-runs, and flows.jobs imports Prefect and MLflow. Measured here (2 CPU cores): importing
-ray + torch + Ray Train takes 4.6 s, flows.jobs with its imports 11.5 s, and every Ray Train
+Kept apart from flows.runtime.jobs on purpose: a Ray worker imports the module of the function it
+runs, and flows.runtime.jobs imports Prefect and MLflow. Measured here (2 CPU cores): importing
+ray + torch + Ray Train takes 4.6 s, flows.runtime.jobs with its imports 11.5 s, and every Ray Train
 job starts two processes that import it (the controller and the worker). This module imports
 only what a loop needs; MLflow is imported by the rank-0 worker when it first logs.
 """
@@ -39,7 +39,7 @@ STATE_FILE = "state.pt"
 def train_loop(config: dict[str, Any]) -> None:
     """Body of every Ray Train worker: fetch the payload, run the loop, report.
 
-    Where a worker's time goes is measured and returned with the loop's figures (flows.perf
+    Where a worker's time goes is measured and returned with the loop's figures (tools.perf
     breaks the orchestration's overhead down with it): the payload fetch, MLflow logging,
     checkpoint writes, and the wall-clock moments the worker started and finished.
     """
@@ -127,7 +127,7 @@ def _run_worker(config: dict[str, Any], payload: dict[str, Any], params: Params,
 
 def run_loop(kind: str, payload: dict[str, Any], params: Params, ctx: JobContext,
              prepare: Callable[[nn.Module], nn.Module]) -> tuple[dict, nn.Module]:
-    """The loop of a job, wherever it runs: a Ray Train worker, or one process (flows.perf).
+    """The loop of a job, wherever it runs: a Ray Train worker, or one process (tools.perf).
 
     Args:
         kind: "train", "forget" or "retain".

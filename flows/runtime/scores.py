@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from components.params import Params
-from flows.tracking import pick
+from flows.runtime.tracking import pick
 
 # UNLEARN_SCORE_CACHE: a deletion cycle keeps them in its workspace, not in its short-lived clone
 CACHE_ENV = "UNLEARN_SCORE_CACHE"

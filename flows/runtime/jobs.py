@@ -35,9 +35,9 @@ from components.methods.base import RETENTION_PLAN
 from components.models import model_from_file
 from components.params import Params
 from components.training import DivergenceError
-from flows.common import task_spec
-from flows.tracking import tracking_uri
-from flows.worker import STATE_FILE, local_device, score_model, train_loop
+from flows.runtime.common import task_spec
+from flows.runtime.tracking import tracking_uri
+from flows.runtime.worker import STATE_FILE, local_device, score_model, train_loop
 
 
 def connect(params: Params) -> None:
@@ -123,7 +123,7 @@ def run_job(kind: str, label: str, params: Params, shape: tuple[int, int],
             (checkpoints go to <storage_path>/<label>-<timestamp>).
         params: all params (the loop's knobs, scaling, storage, failures).
         shape: (channels, side) of the images.
-        sets: named image sets with poisoned flags (flows.common.job_sets).
+        sets: named image sets with poisoned flags (flows.runtime.common.job_sets).
         run_id: the MLflow run the rank-0 worker logs metrics to.
         init: weights to start from (None: a fresh model).
         original: the original model's weights (the frozen θ0 of unlearning loops).
@@ -180,7 +180,7 @@ def map_models(fn: Any, blobs: dict[str, dict[str, Any]], shared: tuple,
 
     Args:
         fn: a component function taking (model, *shared, device).
-        blobs: model name -> model file content (flows.common.read_model_file).
+        blobs: model name -> model file content (flows.runtime.common.read_model_file).
         shared: the arguments every call shares (put once into the object store).
         params: all params (Ray address, GPU use).
 

@@ -12,7 +12,7 @@ version. If any step fails, the version it registered is deleted and `candidate`
 where it was: the ledger and the registry are as before, and the cycle can simply run again.
 One cycle at a time: a second one refuses while the first holds the lock. A cycle refuses
 to start from a champion the gate cannot vouch for (moved outside `unlearn promote`, a tag
-edited, an artifact replaced: flows/gate.py), naming the version.
+edited, an artifact replaced: flows/ops/gate.py), naming the version.
 
 A cycle audits as `schedule.audit_reference` says: `none` by default, so it trains no model
 (the original is kept while only the split moves, flows/train.py) and costs a fraction of a
@@ -42,12 +42,11 @@ from components.ledger import LEDGER_DIR, REQUESTS, STATUS, UNLEARNED, mark, pen
 from components.params import AuditParams, Params, registered_model_name
 from components.review import request_ids
 from components.verdict import audit_verdict
-from flows.common import StageError, stage_flow, stage_params
-from flows.gate import champion_problems
-from flows.scores import CACHE_ENV
-from flows.stack import flow_api_env
-from flows.start import CHECKPOINT_ARTIFACT, START_FILE
-from flows.tracking import (
+from flows.ops.gate import champion_problems
+from flows.runtime.common import StageError, stage_flow, stage_params
+from flows.runtime.scores import CACHE_ENV
+from flows.runtime.stack import flow_api_env
+from flows.runtime.tracking import (
     PARENT_ENV,
     client,
     create_pipeline_run,
@@ -55,6 +54,7 @@ from flows.tracking import (
     setup,
     tracking_uri,
 )
+from flows.start import CHECKPOINT_ARTIFACT, START_FILE
 
 BIN = Path(sys.executable).parent
 CYCLES_LOG = LEDGER_DIR / "cycles.jsonl"
@@ -372,7 +372,7 @@ def cycle_deployment(params: Params, root: Path) -> Any:
         name=DEPLOYMENT, schedules=[Cron(params.schedule.cron, timezone="UTC",
                                          slug=SCHEDULE_SLUG)],
         parameters={"root": str(root)}, concurrency_limit=1, tags=["unlearning"],
-        description="Pending deletion requests -> an audited candidate model (flows/cycle.py)")
+        description="Pending deletion requests -> an audited candidate model (flows/ops/cycle.py)")
 
 
 async def clear_stale_runs(deployment_id: Any) -> int:

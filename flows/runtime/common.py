@@ -36,7 +36,7 @@ from components.splits import (
 )
 from components.tasks import TaskSpec
 from components.training import DivergenceError
-from flows.tracking import fail_pipeline_run
+from flows.runtime.tracking import fail_pipeline_run
 
 SPLIT_DIR = Path("data/splits")
 MODEL_DIR = Path("models")

@@ -25,7 +25,7 @@ import mlflow
 from components.gate import recheck_audit, tag_problems
 from components.params import AuditParams
 from components.splits import file_sha256
-from flows.tracking import client, tracking_uri
+from flows.runtime.tracking import client, tracking_uri
 
 ARTIFACT_TAG = "artifact.sha256"
 CHECKPOINT_ARTIFACT = "checkpoint/unlearned.pt"

@@ -1,0 +1,128 @@
+"""A warm local stack for a run of many stage processes: one Prefect server, started once.
+
+Every stage is its own process (DVC runs `python -m flows.<stage>`). With nothing configured,
+Prefect starts a temporary API server in each of them and stops it at the end: 4-10 s per
+stage here (reports/perf.md: 6.7 s), ~1 min of a `dvc repro`. A server started once for the
+whole run costs that once (3.5 s here) and each stage's first flow then takes ~1 s. Used by
+`make demo` (`python -m flows.runtime.stack dvc repro`); a deletion cycle, itself a flow, hands its
+own API to its stages (flow_api_env). A server the user already runs (PREFECT_API_URL, e.g.
+`make services-up`) is used as it is; when the server cannot start, the stages fall back to
+the temporary one, as before.
+
+Ray needs no such server here: the unlearning jobs run in the stage's process
+(`ray.job_mode: auto`, flows/runtime/jobs.py), and a training job's start-up is its worker
+processes, which a long-lived Ray head would not keep warm for a new driver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from prefect.context import FlowRunContext
+
+LOG_FILE = Path(".prefect/server.log")
+# the first start on a fresh machine creates the server's database (~20 s here, measured)
+START_TIMEOUT_S = 180.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and whatever it started (its own process group)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def prefect_server(log_file: Path = LOG_FILE) -> Iterator[dict[str, str]]:
+    """A Prefect server for the duration of the block; yields the environment that points
+    child processes at it ({} when PREFECT_API_URL is already set, or the server did not
+    come up: the children then use Prefect's temporary server, as without this)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield {}
+        return
+    port = str(_free_port())
+    url = f"http://127.0.0.1:{port}/api"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    prefect = Path(sys.executable).parent / "prefect"
+    with log_file.open("ab") as log:
+        # the API only: scheduling and the UI belong to a server the user runs for itself
+        proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1",
+                                 "--port", port, "--no-services", "--no-ui"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(url) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.25)
+        if proc.poll() is not None or not _healthy(url):
+            print(f"[stack] the Prefect server did not start (see {log_file}); each stage "
+                  "starts Prefect's temporary server instead", file=sys.stderr, flush=True)
+            yield {}
+            return
+        yield {"PREFECT_API_URL": url}
+    finally:
+        _stop(proc)
+
+
+def flow_api_env() -> dict[str, str]:
+    """Inside a running flow (a deletion cycle): the environment that points child processes
+    at this process's Prefect API, the temporary server it already runs or the configured
+    one, so that the stages' flows start no server of their own and no second server writes
+    to the same database."""
+    ctx = FlowRunContext.get()
+    return {"PREFECT_API_URL": str(ctx.client.api_url).rstrip("/")} if ctx else {}
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(ctx: typer.Context) -> None:
+    """Run a command (e.g. `dvc repro`) with one Prefect server for all its stages."""
+    if not ctx.args:
+        print("usage: python -m flows.runtime.stack <command> [args...]", file=sys.stderr)
+        raise typer.Exit(2)
+    t0 = time.perf_counter()
+    with prefect_server() as env:
+        if env:
+            print(f"[stack] Prefect server at {env['PREFECT_API_URL']} "
+                  f"(up in {time.perf_counter() - t0:.1f} s, log {LOG_FILE})", flush=True)
+        try:
+            code = subprocess.call(ctx.args, env={**os.environ, **env})
+        except FileNotFoundError:
+            print(f"error: command not found: {ctx.args[0]}", file=sys.stderr)
+            code = 127
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()
