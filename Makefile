@@ -31,9 +31,10 @@ $(FMNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
-# one Prefect server for every stage (flows/runtime/stack.py), not one per stage process
+# one Prefect server for every stage (flows/runtime/stack.py), not one per stage process; one
+# line per stage on the screen, the stages' Prefect/Ray/MLflow output in logs/demo.log
 demo: setup data
-	python -m flows.stack dvc repro
+	python -m flows.stack --log logs/demo.log dvc repro
 	dvc push --quiet
 	python -m flows.ops.summary
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import mlflow
 import ray
@@ -44,12 +44,16 @@ from flows.runtime.common import (
     write_json,
 )
 from flows.runtime.jobs import connect, run_job
+from flows.runtime.progress import Steps, progress_bar
 from flows.runtime.tracking import client, flatten, log_figures, setup
 
 KEYS = [*GAP_TERMS, "forget_ssim", "retain_ssim", "test_ssim", "trigger_ssim", "mia_efficacy",
         "retrain_gap", "cost_ratio", "cost_ratio_grads", "unlearn_seconds", "audit_passed",
         "audit_passed_free"]
 MIA_VISIBLE = 0.6  # the memorize scenario is only informative if the original's MIA AUC is above
+# the running flow's progress bar: the cases run in the flow's thread pool and report their own
+# start and end (Prefect records a task's parameters, so the bar cannot travel as one)
+_steps: Steps | None = None
 
 
 def scenario_params(base: Params, name: str, seed: int, cpus: float) -> Params:
@@ -65,6 +69,9 @@ def scenario_params(base: Params, name: str, seed: int, cpus: float) -> Params:
 @task(name="benchmark-case", cache_policy=NO_CACHE)
 def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id: str) -> dict:
     """One scenario and seed as one Ray Train job, logged to a child run of the benchmark."""
+    label = f"{name}/seed {params.seed}"
+    if _steps:
+        _steps.start(label)
     sets = load_sets(params)
     splits = draw_splits(params, sets)
     chosen = eval_splits(splits, params.audit.max_samples, params.seed)
@@ -84,6 +91,8 @@ def run_benchmark_case(name: str, params: Params, parent_id: str, experiment_id:
         for row, figures in info.items() if isinstance(figures, dict)
         for key, value in figures.items()])
     mlflow_client.set_terminated(run.info.run_id)
+    if _steps:
+        _steps.done(label)
     return {**info, "whole_class_share": share}
 
 
@@ -110,9 +119,13 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
                           tags={"stage": "benchmark", "dataset": base.data.dataset}) as parent:
         mlflow.log_params({"seeds": str(seeds), "scenarios": str(names),
                            **flatten(base.benchmark.scenarios, "scenario.")})
-        futures = {key: run_benchmark_case.submit(key[0], p, parent.info.run_id, experiment_id)
-                   for key, p in cases.items()}
-        results = {key: f.result() for key, f in futures.items()}
+        global _steps
+        with progress_bar(out, len(cases)) as _steps:
+            futures = {key: run_benchmark_case.submit(key[0], p, parent.info.run_id,
+                                                      experiment_id)
+                       for key, p in cases.items()}
+            results = {key: f.result() for key, f in futures.items()}
+        _steps = None
         # every case's figures, for readings the summary cannot give (per-seed verdicts)
         write_json(REPORT_DIR / f"{out}_cases.json",
                    {f"{n}/{s}": case for (n, s), case in results.items()})
@@ -218,18 +231,21 @@ def _fail(message: str) -> NoReturn:
 
 
 def benchmark_command(
-    dataset: str | None = typer.Option(None, help="data.dataset for every scenario "
-                                                  "(e.g. cifar10)"),
-    data: str | None = typer.Option(None, help="data.path of that dataset"),
-    seeds: str | None = typer.Option(None, help="comma-separated seeds (default: "
-                                                "benchmark.seeds)"),
-    scenarios: str | None = typer.Option(None, help="comma-separated scenarios (default: all)"),
-    methods: str | None = typer.Option(None, help="comma-separated methods or "
-                                                  "benchmark.variants (default: "
-                                                  "benchmark.methods)"),
-    out: str = typer.Option("benchmark", help="report name: reports/<out>.{json,md,png}"),
-    rebuild_only: bool = typer.Option(False, "--rebuild", help="write the report again from "
-                                      "reports/<out>_cases.json; run nothing"),
+    dataset: Annotated[str | None, typer.Option(
+        help="data.dataset for every scenario (e.g. cifar10)")] = None,
+    data: Annotated[str | None, typer.Option(help="data.path of that dataset")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="comma-separated seeds (default: benchmark.seeds)")] = None,
+    scenarios: Annotated[str | None, typer.Option(
+        help="comma-separated scenarios (default: all)")] = None,
+    methods: Annotated[str | None, typer.Option(
+        help="comma-separated methods or benchmark.variants (default: benchmark.methods)")
+    ] = None,
+    out: Annotated[str, typer.Option(help="report name: reports/<out>.{json,md,png}")
+                   ] = "benchmark",
+    rebuild_only: Annotated[bool, typer.Option(
+        "--rebuild", help="write the report again from reports/<out>_cases.json; run nothing")
+    ] = False,
 ) -> None:
     """Every method, plus doing nothing, x seeds x scenarios -> reports/<out>.{json,md,png}."""
     if rebuild_only:

@@ -33,6 +33,7 @@ from components.export import export_splits
 from components.params import FamiliesParams, Params, ParamsError, override
 from flows.ops.cycle import clone_env, sh
 from flows.runtime.common import REPORT_DIR, StageError, read_json, stage_params, write_json
+from flows.runtime.progress import progress_bar
 
 WORKDIR = Path(".families")
 SETS = ("forget", "retain")
@@ -173,13 +174,16 @@ def families(
     # run-caches (measured: a rerun with another finetune budget retrained diffusion)
     sh(["dvc", "cache", "dir", "--local", str(WORKDIR.resolve() / "cache")], ws, env)
     rows = []
-    for family in chosen:
-        row = run_family(ws, family, overrides(cfg, family, data), env)
-        if "metrics" in row:
-            row["judge"] = judge(row["metrics"], cfg)
-        rows.append(row)
-        write_json(REPORT_DIR / f"{out}.json", {"params": cfg.model_dump(), "rows": rows})
-        write_markdown(rows, cfg, REPORT_DIR / f"{out}.md")
+    with progress_bar("families", len(chosen)) as steps:
+        for family in chosen:
+            steps.start(family)
+            row = run_family(ws, family, overrides(cfg, family, data), env)
+            if "metrics" in row:
+                row["judge"] = judge(row["metrics"], cfg)
+            rows.append(row)
+            write_json(REPORT_DIR / f"{out}.json", {"params": cfg.model_dump(), "rows": rows})
+            write_markdown(rows, cfg, REPORT_DIR / f"{out}.md")
+            steps.done(family, "" if "metrics" in row else f" (failed: {row['error']})")
     print((REPORT_DIR / f"{out}.md").read_text())
     if any("error" in r or not r["judge"]["passed"] for r in rows):
         raise SystemExit(1)

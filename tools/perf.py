@@ -60,6 +60,7 @@ from flows.runtime.common import (
     write_json,
 )
 from flows.runtime.jobs import connect, job_payload, run_job
+from flows.runtime.progress import progress_bar
 from flows.runtime.tracking import log_figures, stage_run
 from flows.runtime.worker import max_rss_mb, run_loop
 
@@ -182,49 +183,60 @@ def bench_perf(params: Params) -> dict:
     """Run every measurement; returns the report (also written to reports/perf.*)."""
     sets = load_sets(params)
     base = draw_case(params, sets, None)
-    _say(f"training the original ({params.train.epochs} epochs, plain loop) ...")
-    train_s, train_info, original = train_plain(base, "trainable")
-    base["original"] = original
-    images_per_s = len(base["trainable"]["train"]["images"]) * params.train.epochs / \
-        train_info["train_seconds"]
-    ray_start_s, _ = _timed(connect, params)
-    prefect_start_s, _ = _timed(_warmup)
-    _say(f"original {train_s:.0f} s ({images_per_s:.0f} images/s); Ray start "
-         f"{ray_start_s:.1f} s, Prefect start {prefect_start_s:.1f} s")
-    _CASES["default"] = base
-    plain, plain_retrain, retrain, rss = [], [], [], []
-    pipe = {mode: [] for mode in MODES}
-    parts = {mode: [] for mode in MODES}
-    grads = {}
-    for r in range(params.perf.repeats):
-        plain.append(unlearn_plain(base)[0])
-        for mode in MODES:
-            pipe_s, out = _timed(unlearn_pipeline, "default", mode)
-            pipe[mode].append(pipe_s)
-            parts[mode].append({"flow_s": pipe_s - sum(out["parts"].values()), **out["parts"]})
-            rss.append(out["worker_max_rss_mb"])
-            grads["unlearn"] = out["sample_grads"]
-        plain_retrain.append(train_plain(base, "train")[0])
-        retrain_s, out_r = _timed(retrain_pipeline, "default")
-        retrain.append(retrain_s)
-        grads["retrain"] = out_r["sample_grads"]
-        rss.append(out_r["worker_max_rss_mb"])
-        _say(f"repeat {r + 1}/{params.perf.repeats}: unlearning plain {plain[-1]:.1f} s, "
-             + ", ".join(f"pipeline ({m}) {pipe[m][-1]:.1f} s" for m in MODES)
-             + f"; retraining plain {plain_retrain[-1]:.1f} s, pipeline {retrain_s:.1f} s")
-    scaling = []
-    for fraction in params.perf.forget_fractions:
-        # the trainable set does not depend on the forget split (splits.py draws the held-out
-        # set first), so the original above is the original of every fraction
-        case = draw_case(override(params, {"forget": {"kind": "sample", "fraction": fraction}}),
-                         sets, original)
-        unlearn_s, info = unlearn_plain(case)
-        retrain_s, _, _ = train_plain(case, "train")
-        scaling.append({"forget_fraction": fraction, "forget_samples": case["forget_samples"],
-                        "unlearn_s": unlearn_s, "retrain_s": retrain_s,
-                        "ascent_steps": info.get("steps", 0)})
-        _say(f"forget {fraction:.0%} ({case['forget_samples']} samples): unlearn "
-             f"{unlearn_s:.1f} s, retrain {retrain_s:.1f} s")
+    total = 1 + params.perf.repeats * (len(MODES) + 3) + len(params.perf.forget_fractions)
+    with progress_bar("bench-perf", total) as steps:
+        _say(f"training the original ({params.train.epochs} epochs, plain loop) ...")
+        with steps.step("original (plain)"):
+            train_s, train_info, original = train_plain(base, "trainable")
+        base["original"] = original
+        images_per_s = len(base["trainable"]["train"]["images"]) * params.train.epochs / \
+            train_info["train_seconds"]
+        ray_start_s, _ = _timed(connect, params)
+        prefect_start_s, _ = _timed(_warmup)
+        _say(f"original {train_s:.0f} s ({images_per_s:.0f} images/s); Ray start "
+             f"{ray_start_s:.1f} s, Prefect start {prefect_start_s:.1f} s")
+        _CASES["default"] = base
+        plain, plain_retrain, retrain, rss = [], [], [], []
+        pipe = {mode: [] for mode in MODES}
+        parts = {mode: [] for mode in MODES}
+        grads = {}
+        for r in range(params.perf.repeats):
+            tag = f"repeat {r + 1}/{params.perf.repeats}"
+            with steps.step(f"{tag}: unlearning (plain)"):
+                plain.append(unlearn_plain(base)[0])
+            for mode in MODES:
+                with steps.step(f"{tag}: unlearning (pipeline, {mode})"):
+                    pipe_s, out = _timed(unlearn_pipeline, "default", mode)
+                pipe[mode].append(pipe_s)
+                parts[mode].append({"flow_s": pipe_s - sum(out["parts"].values()),
+                                    **out["parts"]})
+                rss.append(out["worker_max_rss_mb"])
+                grads["unlearn"] = out["sample_grads"]
+            with steps.step(f"{tag}: retraining (plain)"):
+                plain_retrain.append(train_plain(base, "train")[0])
+            with steps.step(f"{tag}: retraining (pipeline)"):
+                retrain_s, out_r = _timed(retrain_pipeline, "default")
+            retrain.append(retrain_s)
+            grads["retrain"] = out_r["sample_grads"]
+            rss.append(out_r["worker_max_rss_mb"])
+            _say(f"{tag}: unlearning plain {plain[-1]:.1f} s, "
+                 + ", ".join(f"pipeline ({m}) {pipe[m][-1]:.1f} s" for m in MODES)
+                 + f"; retraining plain {plain_retrain[-1]:.1f} s, pipeline {retrain_s:.1f} s")
+        scaling = []
+        for fraction in params.perf.forget_fractions:
+            # the trainable set does not depend on the forget split (splits.py draws the
+            # held-out set first), so the original above is the original of every fraction
+            case = draw_case(override(params, {"forget": {"kind": "sample",
+                                                          "fraction": fraction}}),
+                             sets, original)
+            with steps.step(f"scaling: forget {fraction:.0%}"):
+                unlearn_s, info = unlearn_plain(case)
+                retrain_s, _, _ = train_plain(case, "train")
+            scaling.append({"forget_fraction": fraction, "forget_samples": case["forget_samples"],
+                            "unlearn_s": unlearn_s, "retrain_s": retrain_s,
+                            "ascent_steps": info.get("steps", 0)})
+            _say(f"forget {fraction:.0%} ({case['forget_samples']} samples): unlearn "
+                 f"{unlearn_s:.1f} s, retrain {retrain_s:.1f} s")
     once = {"local": prefect_start_s, "workers": ray_start_s + prefect_start_s}
 
     def by_mode(mode: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -19,6 +20,7 @@ ROWS = [
     ("trigger PSNR (dB)", "trigger_psnr", "{:.2f}"), ("retrain gap", "retrain_gap", "{:.3f}"),
 ]  # fmt: skip
 COLUMNS = ("original", "decoupled", "unlearned", "retrained")
+DEMO_LOG = Path("logs/demo.log")  # `make demo` runs its stages with `flows.stack --log` there
 
 
 def print_summary(metrics: dict, console: Console | None = None) -> None:
@@ -52,6 +54,8 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     print_summary(metrics)
+    if DEMO_LOG.exists():
+        print(f"\nEvery stage's output (DVC, Prefect, Ray, MLflow): {DEMO_LOG}")
     print("\nNext:\n"
           "  dvc metrics show reports/metrics.json              # the figures, per DVC\n"
           "  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   # runs + registry\n"

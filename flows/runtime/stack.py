@@ -4,10 +4,11 @@ Every stage is its own process (DVC runs `python -m flows.<stage>`). With nothin
 Prefect starts a temporary API server in each of them and stops it at the end: 4-10 s per
 stage here (reports/perf.md: 6.7 s), ~1 min of a `dvc repro`. A server started once for the
 whole run costs that once (3.5 s here) and each stage's first flow then takes ~1 s. Used by
-`make demo` (`python -m flows.runtime.stack dvc repro`); a deletion cycle, itself a flow, hands its
-own API to its stages (flow_api_env). A server the user already runs (PREFECT_API_URL, e.g.
-`make services-up`) is used as it is; when the server cannot start, the stages fall back to
-the temporary one, as before.
+`make demo` (`python -m flows.stack --log logs/demo.log dvc repro`); a deletion cycle, itself
+a flow, hands its own API to its stages (flow_api_env). A server the user already runs
+(PREFECT_API_URL, e.g. `make services-up`) is used as it is; when the server cannot start,
+the stages fall back to the temporary one, as before. With `--log FILE` the command's output
+goes to FILE and the screen shows one line per DVC stage (run_logged).
 
 Ray needs no such server here: the unlearning jobs run in the stage's process
 (`ray.job_mode: auto`, flows/runtime/jobs.py), and a training job's start-up is its worker
@@ -17,18 +18,22 @@ processes, which a long-lived Ray head would not keep warm for a new driver.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from prefect.context import FlowRunContext
+from rich.console import Console
 
 LOG_FILE = Path(".prefect/server.log")
 # the first start on a fresh machine creates the server's database (~20 s here, measured)
@@ -102,14 +107,63 @@ def flow_api_env() -> dict[str, str]:
     return {"PREFECT_API_URL": str(ctx.client.api_url).rstrip("/")} if ctx else {}
 
 
+# DVC's own lines about a stage (dvc repro, dvc exp run), and a stage's own summary lines,
+# which its flows print as "[<stage>] ..." (flows/<stage>.py)
+_STAGE_LINE = re.compile(r"^(?:Running stage '([\w@.-]+)'|Stage '([\w@.-]+)' didn't change)")
+
+
+def run_logged(args: list[str], env: dict[str, str], log_file: Path) -> int:
+    """Run `args` with everything it prints in `log_file`, and one line per DVC stage here
+    (its name, its time, the last line the stage printed about itself): a `dvc repro` prints
+    ~1,500 lines of Prefect, Ray and MLflow logs; the log keeps them, the screen the story.
+    On failure the log's last lines are shown, and where the rest is."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    console = Console(highlight=False, soft_wrap=True)
+    stage, started, said, tail = None, 0.0, "", deque(maxlen=40)
+
+    def finish() -> None:
+        if stage:
+            console.print(f"  {stage:<10} {time.perf_counter() - started:6.1f} s  {said}",
+                          markup=False)
+
+    with log_file.open("w") as log, \
+            subprocess.Popen(args, env={**env, "PYTHONUNBUFFERED": "1"}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc, \
+            console.status("starting") as status:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip())
+            match = _STAGE_LINE.match(line)
+            if match and match.group(1):
+                finish()
+                stage, started, said = match.group(1), time.perf_counter(), ""
+                status.update(f"{stage} ...")
+            elif match:
+                console.print(f"  {match.group(2):<10} unchanged", markup=False)
+            elif stage and line.startswith(f"[{stage.split('@')[0]}]"):
+                said = line.strip()[len(stage.split("@")[0]) + 3:][:90]
+        code = proc.wait()
+    if code == 0:
+        finish()
+    else:
+        console.print("\n".join(tail), markup=False)
+        console.print(f"[red]failed[/red] (exit {code}) in stage {stage or '-'}: "
+                      f"the whole output is in {log_file}")
+    return code
+
+
 app = typer.Typer(add_completion=False)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run(ctx: typer.Context) -> None:
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+def run(ctx: typer.Context,
+        log: Annotated[Path | None, typer.Option(
+            help="keep the command's output in this file and print one line per DVC stage "
+                 "(put it before the command)")] = None) -> None:
     """Run a command (e.g. `dvc repro`) with one Prefect server for all its stages."""
     if not ctx.args:
-        print("usage: python -m flows.runtime.stack <command> [args...]", file=sys.stderr)
+        print("usage: python -m flows.stack [--log FILE] <command> [args...]", file=sys.stderr)
         raise typer.Exit(2)
     t0 = time.perf_counter()
     with prefect_server() as env:
@@ -117,7 +171,11 @@ def run(ctx: typer.Context) -> None:
             print(f"[stack] Prefect server at {env['PREFECT_API_URL']} "
                   f"(up in {time.perf_counter() - t0:.1f} s, log {LOG_FILE})", flush=True)
         try:
-            code = subprocess.call(ctx.args, env={**os.environ, **env})
+            if log:
+                print(f"[stack] the command's output: {log}", flush=True)
+                code = run_logged(ctx.args, {**os.environ, **env}, log)
+            else:
+                code = subprocess.call(ctx.args, env={**os.environ, **env})
         except FileNotFoundError:
             print(f"error: command not found: {ctx.args[0]}", file=sys.stderr)
             code = 127

@@ -41,3 +41,38 @@ def test_a_configured_server_is_used_as_it_is(tmp_path):
     missing = stack(["no-such-command"], env, tmp_path)
     assert missing.returncode == 127 and "command not found: no-such-command" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+# what `dvc repro` prints about its stages, and the stages' own lines, among noise
+FAKE_REPRO = [sys.executable, "-c", """
+import sys
+print("Stage 'prepare' didn't change, skipping")
+print("Running stage 'train':")
+print("> python -m flows.train")
+print("13:02:11.123 | INFO | Flow run 'x' - noise from Prefect")
+print("[train] original: 2 epochs, loss 0.01000")
+print("Running stage 'audit':")
+print("[audit] verdict: FAILED")
+sys.exit(int(sys.argv[1]))
+"""]
+
+
+def test_a_logged_run_shows_one_line_per_stage_and_keeps_the_rest_in_its_log(tmp_path):
+    env = {**os.environ, **QUIET_ENV, "PREFECT_API_URL": "http://127.0.0.1:9/api",
+           "PYTHONPATH": str(REPO)}
+    log = tmp_path / "logs" / "demo.log"
+    proc = stack(["--log", str(log), *FAKE_REPRO, "0"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert [line[0] for line in lines] == ["prepare", "train", "audit"]
+    assert lines[0][1] == "unchanged"
+    assert lines[1][2:4] == ["s", "original:"] and lines[2][-1] == "FAILED"
+    shown = [line for line in proc.stdout.splitlines() if not line.startswith("[stack]")]
+    assert not any("noise from Prefect" in line for line in shown)
+    assert "noise from Prefect" in log.read_text()  # kept in the log, not on the screen
+    assert str(log) in proc.stdout
+
+    failed = stack(["--log", str(log), *FAKE_REPRO, "4"], env, tmp_path)
+    assert failed.returncode == 4  # the command's own exit code
+    assert "noise from Prefect" in failed.stdout  # on failure, the log's tail is shown
+    assert f"failed (exit 4) in stage audit: the whole output is in {log}" in failed.stdout
