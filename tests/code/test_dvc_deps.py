@@ -1,0 +1,84 @@
+"""Every DVC stage depends on the code it runs: the stage module and everything it imports from
+this repository, at any depth, imports inside functions included (the code the Ray workers run comes in
+through flows/runtime/jobs.py). A dependency missing from dvc.yaml means editing that file reruns nothing and
+`dvc repro` reports stale results as current."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("components", "flows", "tools")
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a repository module (`components.methods` -> its __init__.py), else None."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The repository files `path` imports directly (a package's __init__ included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import mod` may name a submodule as well as an attribute
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        for name in names:
+            parts = name.split(".")
+            # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            for i in range(1, len(parts) + 1):
+                file = module_file(".".join(parts[:i]))
+                if file is not None:
+                    found.add(file)
+    return found
+
+
+def closure(start: Path) -> set[Path]:
+    seen, todo = set(), [start]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(imported_files(path) - seen)
+    return seen
+
+
+def covered(file: Path, deps: list[str]) -> bool:
+    rel = file.relative_to(ROOT)
+    return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
+
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_stage_depends_on_every_file_it_imports(stage):
+    spec = STAGES[stage]
+    module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+    entry = module_file(module)
+    assert entry is not None, f"{stage}: cmd {spec['cmd']!r} names no module of this repository"
+    deps = [next(iter(d)) if isinstance(d, dict) else d for d in spec.get("deps", [])]
+    missing = sorted(str(f.relative_to(ROOT)) for f in closure(entry) if not covered(f, deps))
+    assert not missing, f"dvc.yaml: stage {stage} imports these files but does not depend on " \
+                        f"them: {missing}"
+
+
+def test_the_walk_follows_lazy_imports_and_packages():
+    # decouple reaches the workers' code only through flows/runtime/jobs.py, and the package
+    # __init__ files run on the way
+    files = {str(f.relative_to(ROOT)) for f in closure(ROOT / "flows" / "decouple.py")}
+    assert {"flows/runtime/worker.py", "flows/__init__.py", "components/methods/__init__.py",
+            "components/training.py"} <= files
