@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.presets import PRESETS
+
 
 class ParamsError(ValueError):
     """A user mistake in params.yaml (or a -S override): the message says what and where."""
@@ -81,8 +83,6 @@ class ForgetParams(Strict):
         if self.kind != "class":
             raise ValueError(f"forget.preset forgets whole classes: forget.kind must be class, "
                              f"not {self.kind}")
-        from components.datasets import PRESETS  # the loaders' module imports no params
-
         self.classes = list(range(PRESETS[self.preset].forget_classes))
         return self
 
