@@ -22,14 +22,13 @@ class ParamsError(ValueError):
 
 
 def _check_methods(names: list[str]) -> list[str]:
-    """Refuse names the method registry does not know, suggesting the closest."""
-    from components.methods import METHODS  # the registry imports this module
-
+    """Refuse names that are no method, suggesting the closest."""
+    known = method_names()
     for name in names:
-        if name not in METHODS:
-            close = difflib.get_close_matches(name, list(METHODS), n=1)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))}){hint}")
+            raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(known))}){hint}")
     return names
 
 
@@ -324,15 +323,19 @@ class CertifiedParams(Strict):
 
 
 class UnlearnParams(Strict):
+    """`method`, then one settings block per method, named as the method: the blocks are the
+    list of methods (method_names), and the registry (components/methods) holds one method
+    for each. Their order is the benchmark's default row order."""
+
     method: str = "decouple"
     decouple: DecoupleParams = Field(default_factory=DecoupleParams)
     decouple_literal: DecoupleLiteralParams = Field(default_factory=DecoupleLiteralParams)
-    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     li2024: Li2024Params = Field(default_factory=Li2024Params)
     gradient_ascent: GradientAscentParams = Field(default_factory=GradientAscentParams)
     neggrad_plus: NegGradPlusParams = Field(default_factory=NegGradPlusParams)
     random_encoder: RandomEncoderParams = Field(default_factory=RandomEncoderParams)
     retain_label: RetainLabelParams = Field(default_factory=RetainLabelParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     salun: SalunParams = Field(default_factory=SalunParams)
     scrub: ScrubParams = Field(default_factory=ScrubParams)
     retrain: RetrainParams = Field(default_factory=RetrainParams)
@@ -342,6 +345,11 @@ class UnlearnParams(Strict):
     @classmethod
     def _registered(cls, v: str) -> str:
         return _check_methods([v])[0]
+
+
+def method_names() -> list[str]:
+    """Every valid `unlearn.method`: the names of UnlearnParams' settings blocks."""
+    return [name for name in UnlearnParams.model_fields if name != "method"]
 
 
 # Every audit figure lies in [0, 1] and the membership and OOD scores of a retrained model
@@ -487,6 +495,7 @@ class VariantParams(Strict):
         return _check_methods([v])[0]
 
 
+CERTIFIED_BUDGETS = (1, 4, 16)  # ε of the benchmark's certified rows
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     # the ablations of `decouple` (make ablation): what the retention may change, the
     # threshold's scale and the stop rule, and whether the ascent is needed at all
@@ -513,16 +522,21 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
     # the certified mode's cost at three budgets
     **{f"certified_eps{e}": {"method": "certified",
                              "params": {"unlearn": {"certified": {"epsilon": float(e)}}}}
-       for e in (1, 4, 16)},
+       for e in CERTIFIED_BUDGETS},
 }
+
+
+def default_benchmark_rows() -> list[str]:
+    """Every method, in UnlearnParams' order; `certified` as its variants at three budgets,
+    since a certificate is read at its ε."""
+    return [row for name in method_names()
+            for row in ([f"certified_eps{e}" for e in CERTIFIED_BUDGETS]
+                        if name == "certified" else [name])]
 
 
 class BenchmarkParams(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    methods: list[str] = Field(default_factory=lambda: [
-        "decouple", "decouple_literal", "li2024", "gradient_ascent", "neggrad_plus",
-        "random_encoder", "retain_label", "finetune", "salun", "scrub", "retrain",
-        "certified_eps1", "certified_eps4", "certified_eps16"])
+    methods: list[str] = Field(default_factory=default_benchmark_rows)
     parallel_jobs: int = Field(2, ge=1)
     scenarios: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_SCENARIOS))
     variants: dict[str, VariantParams] = Field(
