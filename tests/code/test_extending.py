@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from components.params import method_names
@@ -117,3 +118,16 @@ def test_the_decouple_stage_tracks_every_methods_block():
     assert not wanted - listed, f"dvc.yaml's decouple stage must list {sorted(wanted - listed)}"
     assert "unlearn" not in listed and "unlearn.finetune" not in listed
     assert "unlearn.finetune" in stages["finetune"]["params"]
+
+
+def test_registering_needs_a_settings_block_and_a_free_name():
+    from components.methods.base import METHODS, Method, register
+
+    def nothing(model, data, params, ctx) -> dict:
+        return {"steps": 0, "train_seconds": 0.0}
+
+    with pytest.raises(ValueError, match="no settings block unlearn.shrink_perturb"):
+        register(Method(name="shrink_perturb", forget=nothing, retention=True, summary=""))
+    with pytest.raises(ValueError, match="two methods are registered as 'scrub'"):
+        register(Method(name="scrub", forget=nothing, retention=False, summary=""))
+    assert set(METHODS) == set(method_names())
