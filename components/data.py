@@ -9,49 +9,18 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from components.datasets import LoadOptions
-
-
-class DataError(ValueError):
-    """A dataset that cannot be found or read: the message names the file."""
-
+from components import datasets
+from components.datasets import LoadOptions
+from components.imageset import DataError, ImageSet  # a leaf: datasets.py shares them
 
 FASHION_MNIST_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle-boot",
 ]  # fmt: skip
-
-
-@dataclass
-class ImageSet:
-    """A split of a dataset.
-
-    Attributes:
-        dataset: dataset name, the first part of every sample id.
-        split: "train" or "test".
-        images: uint8 array (N, C, H, W).
-        labels: int64 array (N,).
-        class_names: name of each label index.
-    """
-
-    dataset: str
-    split: str
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def ids(self, indices: np.ndarray) -> list[str]:
-        return [f"{self.dataset}:{self.split}:{int(i)}" for i in indices]
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -193,8 +162,6 @@ def load_dataset(name: str, path: str | Path, split: str,
     Returns:
         The ImageSet.
     """
-    from components import datasets  # it imports this module's ImageSet and DataError
-
     options = options or datasets.LoadOptions()
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r} (train or test)")

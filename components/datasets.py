@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from PIL import Image
 
-from components.data import DataError, ImageSet
+from components.imageset import DataError, ImageSet
+from components.presets import PRESETS
+from components.presets import Preset as Preset  # re-exported: where the loaders' callers look
 
 if TYPE_CHECKING:
     from components.params import Params
@@ -34,26 +36,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # compared lower-case: ImageNet's fi
 # 8-bit modes that convert to L / RGB without loss of range; 16-bit ("I;16") and float modes
 # would be clipped to 255 by Pillow's convert, so they are refused instead
 CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A published split: which dataset, how many classes of a class list, images per class."""
-
-    dataset: str
-    forget_classes: int  # the class list's first N lines
-    retain_classes: int  # its next N lines
-    train_per_forget_class: int  # training images kept per forget class (retain: all)
-    test_per_class: int  # validation images per class, every class (the test split)
-
-
-PRESETS = {
-    # Li et al. 2024, ImageNet-1K: 100 forget and 100 retain classes, 120 training images per
-    # forget class, the 50 validation images of each class
-    "li2024-imagenet": Preset("imagefolder", 100, 100, 120, 50),
-    # Li et al. 2024, Places365: 50 forget and 50 retain classes, the same per-class counts
-    "li2024-places": Preset("places365", 50, 50, 120, 50),
-}
 
 
 @dataclass(frozen=True)

@@ -1,35 +1,29 @@
-"""Unlearning methods, one module each, behind one registry: `unlearn.method` -> Method."""
+"""Unlearning methods, one module each, behind one registry: `unlearn.method` -> Method.
+
+Adding a method is a module here that registers itself, its settings block in
+components/params.py and params.yaml (docs/extending.md).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from torch import nn
 
-from components.methods import (
-    certified,
-    decouple,
-    finetune,
-    gradient_ascent,
-    li2024,
-    neggrad_plus,
-    random_encoder,
-    retain_label,
-    retrain,
-    salun,
-    scrub,
-)
-from components.methods.base import RETENTION_PLAN, Method, UnlearnData
-from components.params import Params
+from components.methods.base import METHODS, RETENTION_PLAN, Method, UnlearnData
+from components.params import Params, method_names
 from components.retention import retain_knowledge
 from components.training import JobContext
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        decouple.METHOD, decouple.LITERAL, li2024.METHOD, gradient_ascent.METHOD,
-        neggrad_plus.METHOD, random_encoder.METHOD, retain_label.METHOD, finetune.METHOD,
-        salun.METHOD, scrub.METHOD, retrain.METHOD, certified.METHOD,
-    )
-}
+# every module registers its own methods (base.register): importing them all is the registry
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+_unregistered = [name for name in method_names() if name not in METHODS]
+if _unregistered:
+    raise ImportError("settings blocks with no registered method: "
+                      + ", ".join(f"unlearn.{name}" for name in _unregistered)
+                      + " (a module of components/methods registers each: docs/extending.md)")
 
 
 def get_method(name: str) -> Method:

@@ -1,4 +1,8 @@
-"""What every unlearning method receives, and the record it is registered with."""
+"""What every unlearning method receives, the record it is registered with, and the registry.
+
+The registry sits here, below the method modules, so that each module registers itself and
+nothing lists them: components/methods/__init__.py imports every module of the package.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.params import Params
+from components.params import Params, method_names
 from components.training import JobContext
 
 
@@ -58,3 +62,24 @@ class Method:
     retention: bool
     summary: str
     keeps_decoupling: bool = False
+
+
+# `unlearn.method` -> Method, filled as the method modules are imported
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add `method` to the registry under its name (docs/extending.md).
+
+    Raises:
+        ValueError: the name has no settings block `unlearn.<name>` in the params schema
+            (the block is what makes the name a valid `unlearn.method`), or another method
+            already has it.
+    """
+    if method.name not in method_names():
+        raise ValueError(f"method {method.name!r} has no settings block unlearn.{method.name}: "
+                         "add its params class and field to UnlearnParams (components/params.py)")
+    if METHODS.get(method.name, method) is not method:
+        raise ValueError(f"two methods are registered as {method.name!r}")
+    METHODS[method.name] = method
+    return method

@@ -28,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.models import build_model, loss_per_sample, unwrap
 from components.params import CertifiedParams, Params
 from components.privacy import iteration_sigma, noise_generator
@@ -158,3 +158,4 @@ METHOD = Method(
             "from a projected start, then noiseless fine-tuning; the (ε, δ) bound covers the "
             "released model",
 )
+register(METHOD)

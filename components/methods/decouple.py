@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from components.certificate import ascent_record
-from components.methods.base import RETENTION_PLAN, Method, UnlearnData
+from components.methods.base import RETENTION_PLAN, Method, UnlearnData, register
 from components.models import loss_per_sample, parameter_group, unwrap
 from components.ood import decoupling_thresholds, memorised_residual
 from components.params import DecoupleParams, Params
@@ -198,3 +198,5 @@ LITERAL = Method(
     summary="seed method read literally: ascend until the mean forget loss reaches the held-out "
             "quantile, then fine-tune on the retain set",
 )
+register(METHOD)
+register(LITERAL)

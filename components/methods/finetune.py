@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.params import Params
 from components.training import JobContext
 
@@ -25,3 +25,4 @@ METHOD = Method(
     retention=True,
     summary="fine-tune on the retain set only (catastrophic forgetting)",
 )
+register(METHOD)

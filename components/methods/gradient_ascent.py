@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import run_steps
 from components.models import loss_per_sample, parameter_group
 from components.params import Params
@@ -28,3 +28,4 @@ def gradient_ascent(model: nn.Module, data: UnlearnData, params: Params, ctx: Jo
 
 METHOD = Method(name="gradient_ascent", forget=gradient_ascent, retention=False,
                 summary="ascend the forget loss for a fixed budget (no retention)")
+register(METHOD)

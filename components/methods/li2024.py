@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import average_gradients, run_steps
 from components.models import embed, parameter_group
 from components.params import Params
@@ -53,3 +53,4 @@ def li2024(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext)
 METHOD = Method(name="li2024", forget=li2024, retention=False,
                 summary="Li et al. 2024: encoder pulled to the original's embedding of noise "
                         "on forget inputs, kept on retain inputs")
+register(METHOD)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import run_steps
 from components.models import loss_per_sample, parameter_group
 from components.params import Params
@@ -31,3 +31,4 @@ def neggrad_plus(model: nn.Module, data: UnlearnData, params: Params, ctx: JobCo
 
 METHOD = Method(name="neggrad_plus", forget=neggrad_plus, retention=False,
                 summary="joint descent on the retain loss and ascent on the forget loss")
+register(METHOD)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import average_gradients, run_steps
 from components.models import embed, parameter_group
 from components.params import Params
@@ -42,3 +42,4 @@ def random_encoder(model: nn.Module, data: UnlearnData, params: Params, ctx: Job
 METHOD = Method(name="random_encoder", forget=random_encoder, retention=False,
                 summary="encoder output on forget inputs pulled to noise with the teacher "
                         "embedding's statistics")
+register(METHOD)

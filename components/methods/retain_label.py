@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import run_steps
 from components.models import loss_per_sample, parameter_group
 from components.params import Params
@@ -38,3 +38,4 @@ def retain_label(model: nn.Module, data: UnlearnData, params: Params, ctx: JobCo
 METHOD = Method(name="retain_label", forget=retain_label, retention=False,
                 summary="forget inputs trained towards random retain targets, jointly with "
                         "the retain loss")
+register(METHOD)

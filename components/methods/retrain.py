@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.models import unwrap
 from components.params import Params
 from components.training import JobContext, train_model
@@ -30,3 +30,4 @@ def retrain(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext
 
 METHOD = Method(name="retrain", forget=retrain, retention=False,
                 summary="retrain from scratch on the retain set (the reference)")
+register(METHOD)

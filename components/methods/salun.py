@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import run_steps
 from components.methods.retain_label import relabel_loss
 from components.models import loss_per_sample, parameter_group
@@ -74,3 +74,4 @@ def salun(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) 
 
 METHOD = Method(name="salun", forget=salun, retention=False,
                 summary="SalUn: relabelling on the weights most salient to the forget loss")
+register(METHOD)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.methods.base import Method, UnlearnData
+from components.methods.base import Method, UnlearnData, register
 from components.methods.loop import run_steps
 from components.models import distill_per_sample, parameter_group
 from components.params import Params
@@ -37,3 +37,4 @@ def scrub(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) 
 METHOD = Method(name="scrub", forget=scrub, retention=False,
                 summary="SCRUB: alternate moving away from the teacher on forget inputs and "
                         "staying with it on retain inputs (L2 in place of KL)")
+register(METHOD)
