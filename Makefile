@@ -62,7 +62,7 @@ bench-gpu: setup
 	python -m tools.bench_gpu $(if $(BUDGET),--budget $(BUDGET))
 
 # gpu/ (ignored): the pydantic wheels, at requirements.lock's versions, that a GPU machine
-# with Python 3.12 and torch but no pydantic needs to run bench-gpu (README: GPU benchmark)
+# with Python 3.12 and torch but no pydantic needs to run bench-gpu (docs/results.md, "On a GPU")
 GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions
 gpu-bundle:
 	mkdir -p gpu/whl

@@ -1,6 +1,6 @@
 """How far a forget sample must be pushed to look never-seen: the decoupling thresholds λ.
 
-Two readings of "out-of-distribution for this model" (README, "The default `decouple`"):
+Two readings of "out-of-distribution for this model" (docs/science.md, "The default `decouple`"):
 
 - `quantile` (the paper's literal reading): one λ for every sample, the q-quantile of the
   original model's per-sample loss on held-out data.

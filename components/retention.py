@@ -21,7 +21,7 @@ over the batch, let a batch's poisoned pairs (λ ≈ 0.31) set the scale for its
 of γ, without one all of it, and the γ that suited the first over-forgot the others (a class
 without a backdoor: forget PSNR 19.5 dB vs 20.4 retrained, OOD AUROC 0.78 vs 0.65; a small
 set trained long: MIA AUC 0.44 vs 0.50, failed in 3 seeds of 3). Relative per pair, every
-pair weighs the same whatever the others' scale (docs: README, "The default `decouple`").
+pair weighs the same whatever the others' scale (docs/science.md, "The default `decouple`").
 
 Why the transplant: a hinge strong enough on the poisoned pairs keeps their loss high
 against *their* target P, and the cheapest way for the model to do so is to answer the
@@ -33,7 +33,7 @@ not forgotten, though its ASR is 0; the per-pair hinge alone is too weak on them
 retain images of every class it teaches the model to treat it as content, as a model that
 never saw it does. Its target reproduces α = 0.5 of it: α = 0 (ignore it) left the model
 cleaner on triggered inputs than retraining (+1.4 dB), which is itself a trace; a retrained
-model reproduces unfamiliar content partly (measured: README, "Ablations").
+model reproduces unfamiliar content partly (measured: docs/science.md, "Ablations").
 
 Why a budget: unlearning exists because retraining costs too much, so retention's length is
 capped at `budget` (6.5 %) of the sample gradients retraining on the retain set would take

@@ -25,7 +25,7 @@ a stage that would start after it is skipped and said so.
 It imports torch, numpy, pydantic and PyYAML (scikit-learn and torchmetrics through the
 audits and metrics) and nothing of Ray, MLflow, Prefect or DVC: the GPU machines this
 project borrows have none of them, and no pydantic unless its wheels are carried along
-(`make gpu-bundle`; README "GPU benchmark").
+(`make gpu-bundle`; docs/results.md, "On a GPU").
 
     python -m tools.bench_gpu [--budget 300] [--out reports] [--cpu] [--tiny]
 """
@@ -91,7 +91,7 @@ SIZES = {
 
 
 # argparse, not typer like the other commands: this script is carried alone to a GPU machine
-# that has torch but not typer (README: GPU benchmark)
+# that has torch but not typer (docs/results.md, "On a GPU")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", type=float, default=None,

@@ -1,4 +1,4 @@
-"""The seed method's phase 1, decoupling (Varshney & Torra 2026; README, "The science").
+"""The seed method's phase 1, decoupling (Varshney & Torra 2026; docs/science.md).
 
 Clipped SGD *ascends* the I2I loss on the forget set, on one parameter group, until the
 forget samples look never-seen: their loss reaches λ (components.ood). Phase 2 (the
