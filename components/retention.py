@@ -53,7 +53,6 @@ from torch import nn
 from components.models import distill_per_sample, loss_per_sample, parameter_group
 from components.params import FinetuneParams, TrainParams
 from components.training import (
-    Batches,
     FiniteWatch,
     JobContext,
     Precision,
@@ -132,7 +131,7 @@ def retain_knowledge(
         sources.append(shuffled((*forget, thresholds), cfg.forget_batch_size, seed + 1, ctx))
     below, below_now = 0.0, torch.zeros(())
 
-    def retention_step(batches: Batches, step: int) -> torch.Tensor:
+    def retention_step(batches: tuple, step: int) -> torch.Tensor:
         nonlocal below_now
         x, y = batches[0]
         carried = int(len(x) * share)  # floor: a batch of one stays clean
@@ -166,5 +165,4 @@ def retain_knowledge(
     ran = step_loop(model, ctx, label="finetune", sources=sources, step_fn=retention_step,
                     optimizer=opt, steps=total, every=ctx.checkpoint_every, report=progress,
                     watch=FiniteWatch("knowledge retention", "lower unlearn.finetune.lr"))
-    return {"steps": ran.steps, "final_loss": global_mean(ran.loss.detach()), "below": below,
-            "train_seconds": ran.train_seconds, "data_seconds": ran.data_seconds}
+    return {**ran.figures(), "below": below}

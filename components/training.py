@@ -394,6 +394,12 @@ class Ran:
     train_seconds: float
     data_seconds: float
 
+    def figures(self) -> dict:
+        """{"steps", "final_loss" (the last loss, averaged over the workers: every worker
+        calls this), "train_seconds", "data_seconds"}: what a step loop's job returns."""
+        return {"steps": self.steps, "final_loss": global_mean(self.loss.detach()),
+                "train_seconds": self.train_seconds, "data_seconds": self.data_seconds}
+
 
 def step_loop(
     model: nn.Module,

@@ -32,15 +32,7 @@ from components.methods.base import Method, UnlearnData
 from components.models import build_model, loss_per_sample, unwrap
 from components.params import CertifiedParams, Params
 from components.privacy import iteration_sigma, noise_generator
-from components.training import (
-    Batches,
-    FiniteWatch,
-    JobContext,
-    Precision,
-    global_mean,
-    shuffled,
-    step_loop,
-)
+from components.training import FiniteWatch, JobContext, Precision, global_mean, shuffled, step_loop
 
 MECHANISM = ("noisy clipped SGD on the retain set from a projected start (Koloskova et al. "
              "2025, gradient clipping); Rényi accounting by privacy amplification by iteration, "
@@ -106,7 +98,7 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
     precision = Precision(ctx.device)
     total = cfg.steps + cfg.finish_steps
 
-    def certified_step(batches: Batches, step: int) -> torch.Tensor:
+    def certified_step(batches: tuple, step: int) -> torch.Tensor:
         [(x, y)] = batches
         with precision.autocast():
             loss = loss_per_sample(model, x, y).mean()
@@ -137,9 +129,7 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
                     every=ctx.checkpoint_every, report=progress,
                     watch=FiniteWatch("certified unlearning", "lower unlearn.certified.finish_lr"),
                     marks=(cfg.steps,), started=t0)
-    return {"steps": ran.steps, "final_loss": global_mean(ran.loss.detach()),
-            "train_seconds": ran.train_seconds, "data_seconds": ran.data_seconds,
-            "privacy": privacy_record(cfg, sigma)}
+    return {**ran.figures(), "privacy": privacy_record(cfg, sigma)}
 
 
 METHOD = Method(

@@ -33,7 +33,6 @@ from components.ood import decoupling_thresholds, memorised_residual
 from components.params import DecoupleParams, Params
 from components.privacy import ascent_sensitivity, gaussian_sigma, noise_generator
 from components.training import (
-    Batches,
     FiniteWatch,
     JobContext,
     Precision,
@@ -107,7 +106,7 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
             reached = probe_loss >= float(lam[probe].mean()) if cfg.stop == "mean" else below == 0
         return reached
 
-    def ascent_step(batches: Batches, step: int) -> torch.Tensor:
+    def ascent_step(batches: tuple, step: int) -> torch.Tensor:
         [(x, y, lam_batch)] = batches
         with precision.autocast():
             per_sample = loss_per_sample(model, x, y)

@@ -10,15 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 from components.methods.base import UnlearnData
-from components.training import (
-    Batches,
-    FiniteWatch,
-    JobContext,
-    Precision,
-    global_mean,
-    shuffled,
-    step_loop,
-)
+from components.training import FiniteWatch, JobContext, Precision, global_mean, shuffled, step_loop
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch, Batch, int], torch.Tensor]
@@ -59,7 +51,7 @@ def run_steps(
     """
     precision = Precision(ctx.device)
 
-    def joint_step(batches: Batches, step: int) -> torch.Tensor:
+    def joint_step(batches: tuple, step: int) -> torch.Tensor:
         retain, forget = batches
         with precision.autocast():
             loss = loss_fn(model, retain, forget, step)
@@ -77,8 +69,7 @@ def run_steps(
                     step_fn=joint_step, optimizer=optimizer, steps=steps,
                     every=ctx.checkpoint_every, report=progress,
                     watch=FiniteWatch(label, f"lower unlearn.{label}.lr"))
-    return {"steps": ran.steps, "final_loss": global_mean(ran.loss.detach()),
-            "train_seconds": ran.train_seconds, "data_seconds": ran.data_seconds}
+    return ran.figures()
 
 
 def average_gradients(parameters: list[nn.Parameter]) -> None:
