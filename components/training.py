@@ -401,6 +401,32 @@ class Ran:
                 "train_seconds": self.train_seconds, "data_seconds": self.data_seconds}
 
 
+def rng_states(ctx: JobContext, generators: tuple[torch.Generator, ...] = ()) -> list[dict]:
+    """Every worker's random state, in rank order: torch's global generators (the CPU's and
+    the job's GPU's), which the families' training draws use, and `generators`, a loss's own.
+    One all-gather when there are several workers: only rank 0's checkpoint is saved, and
+    each worker was seeded apart (params.seed + rank)."""
+    mine = {"cpu": torch.get_rng_state(), "generators": [g.get_state() for g in generators]}
+    if ctx.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def set_rng_states(states: list[dict], ctx: JobContext,
+                   generators: tuple[torch.Generator, ...] = ()) -> None:
+    """Put this worker's random state of rng_states back."""
+    mine = states[ctx.rank]
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    for generator, state in zip(generators, mine["generators"], strict=True):
+        generator.set_state(state)
+
+
 def step_loop(
     model: nn.Module,
     ctx: JobContext,
@@ -416,13 +442,15 @@ def step_loop(
     stop: Callable[[int], bool] | None = None,
     marks: tuple[int, ...] = (),
     started: float | None = None,
+    generators: tuple[torch.Generator, ...] = (),
 ) -> Ran:
     """The loop every job runs (training, the unlearning methods, retention): resume, replay
     the batch order, step, and report a checkpointable state on a cadence.
 
-    A resumed run is the uninterrupted one: the state restores the weights, the optimizer
-    and the step count, and each source's order, deterministic from its seed, is replayed
-    up to that step. What differs between uses is passed in.
+    A resumed run is the uninterrupted one, bit for bit: the state restores the weights, the
+    optimizer, the step count and the random generators' states (torch's global ones and
+    those step_fn draws from), and each source's order, deterministic from its seed, is
+    replayed up to that step. What differs between uses is passed in.
 
     Args:
         model: the model (possibly DDP-wrapped), on ctx.device; changed in place.
@@ -440,6 +468,7 @@ def step_loop(
         marks: further steps after which to report (a phase's end).
         started: when this run's work began (time.perf_counter()), for train_seconds to
             count the caller's preparation; None: now.
+        generators: the generators step_fn draws from (noise targets, random relabels).
 
     Returns:
         Ran: steps reached, the last loss, train_seconds, data_seconds.
@@ -450,6 +479,7 @@ def step_loop(
         unwrap(model).load_state_dict(ctx.resume["model"])
         optimizer.load_state_dict(ctx.resume["optimizer"])
         step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
+        set_rng_states(ctx.resume["rng"], ctx, generators)
         ctx.say(f"[{label}] resuming after step {step}")
     # replay: skip the index batches the steps before the checkpoint drew, so that the next
     # step draws what an uninterrupted run would (each order has its own generator: skipping
@@ -473,7 +503,8 @@ def step_loop(
             metrics = report(step, loss)
             # the state shares storage with the live model: ctx.report saves it at once
             state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "step": step, "train_seconds": seconds}
+                     "step": step, "train_seconds": seconds,
+                     "rng": rng_states(ctx, generators)}
             ctx.report({"step": step, **metrics, "train_seconds": seconds}, state)
     seconds += time.perf_counter() - t0
     return Ran(step, loss, seconds, sum(d.seconds for d in data))

@@ -29,6 +29,7 @@ def run_steps(
     batch_size: int = 128,
     clip: tuple[list[nn.Parameter], float] | None = None,
     before_step: Callable[[], None] | None = None,
+    generators: tuple[torch.Generator, ...] = (),
 ) -> dict:
     """Run `steps` optimizer steps of loss_fn(model, retain_batch, forget_batch, step).
 
@@ -44,6 +45,7 @@ def run_steps(
         batch_size: size of both batches.
         clip: (parameters, max norm) to clip the gradient to, if any.
         before_step: called after backward, before the step (e.g. to mask gradients).
+        generators: the generators loss_fn draws from, checkpointed with the loop's state.
 
     Returns:
         {"steps", "final_loss", "train_seconds", "data_seconds" (the host's time getting
@@ -68,7 +70,8 @@ def run_steps(
                              shuffled(data.forget, batch_size, seed + 1, ctx)],
                     step_fn=joint_step, optimizer=optimizer, steps=steps,
                     every=ctx.checkpoint_every, report=progress,
-                    watch=FiniteWatch(label, f"lower unlearn.{label}.lr"))
+                    watch=FiniteWatch(label, f"lower unlearn.{label}.lr"),
+                    generators=generators)
     return ran.figures()
 
 
