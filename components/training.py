@@ -1,9 +1,11 @@
-"""Training-loop building blocks shared by every job: batching, per-sample losses, the
-from-scratch training loop, and the context a job runs in.
+"""Training-loop building blocks shared by every job: batching, per-sample losses, the one
+step loop (step_loop: resume, replay, step, report) that training, every unlearning method and
+retention run on, the from-scratch training that is its first use, and the context a job
+runs in.
 
-The loops are plain PyTorch. Whoever runs them (a Ray Train worker, a test, a notebook)
-hands in a JobContext: the device, this worker's rank, a state to resume from, and a
-`report` callback that receives metrics and, on a cadence, a checkpointable state.
+The loop is plain PyTorch. Whoever runs it (a Ray Train worker, a test, a notebook) hands in
+a JobContext: the device, this worker's rank, a state to resume from, and a `report`
+callback that receives metrics and, on a cadence, a checkpointable state.
 """
 
 from __future__ import annotations
