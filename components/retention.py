@@ -47,19 +47,18 @@ loss_per_sample, distill_per_sample); for the default autoencoder both are pixel
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
-from components.models import distill_per_sample, loss_per_sample, parameter_group, unwrap
+from components.models import distill_per_sample, loss_per_sample, parameter_group
 from components.params import FinetuneParams, TrainParams
 from components.training import (
     FiniteWatch,
     JobContext,
     Precision,
-    endless_batches,
     global_mean,
+    shuffled,
+    step_loop,
     training_epochs,
 )
 
@@ -114,39 +113,28 @@ def retain_knowledge(
         retrain: the `train` block a retraining would use, for the budget (None: no cap).
 
     Returns:
-        {"steps", "final_loss", "below" (share of the last forget batch under its λ),
-        "train_seconds"}.
+        {"steps", "final_loss", "below" (share of the last reported forget batch under its
+        λ), "train_seconds", "data_seconds" (of those, the host's time getting batches to
+        the device, in this run)}.
     """
-    inputs, targets = retain
     keep = cfg.keep_decoupled > 0 and forget is not None and thresholds is not None
-    total = retention_steps(cfg, len(inputs), retrain, keep)
+    total = retention_steps(cfg, len(retain[0]), retrain, keep)
     opt = torch.optim.Adam(parameter_group(model, "all"), lr=cfg.lr)
     precision = Precision(ctx.device)
-    step, seconds = 0, 0.0
-    if ctx.resume:
-        unwrap(model).load_state_dict(ctx.resume["model"])
-        opt.load_state_dict(ctx.resume["optimizer"])
-        step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
     transplant = cfg.transplant > 0 and residual is not None
-    batches = endless_batches(len(inputs), cfg.batch_size, seed, ctx.rank, ctx.world_size)
-    f_batches = endless_batches(len(forget[0]), cfg.forget_batch_size, seed + 1, ctx.rank,
-                                ctx.world_size) if keep else None
     # the residual rides on part of the retain batch: a step costs what it cost without it
     share = cfg.transplant_share if transplant else 0.0
     if transplant:
         residual = residual.to(ctx.device)
-    for _ in range(step):  # replay the batch order up to the resumed step
-        next(batches)
-        if keep:
-            next(f_batches)
-    model.train()
-    finite = FiniteWatch("knowledge retention", "lower unlearn.finetune.lr")
-    loss, below, below_now = torch.zeros(()), 0.0, torch.zeros(())
-    t0 = time.perf_counter()
-    while step < total:
-        idx = next(batches)
-        x, y = inputs[idx].to(ctx.device), targets[idx].to(ctx.device)
-        carried = int(len(idx) * share)  # floor: a batch of one stays clean
+    sources = [shuffled(retain, cfg.batch_size, seed, ctx)]
+    if keep:  # each forget pair with its λ_i
+        sources.append(shuffled((*forget, thresholds), cfg.forget_batch_size, seed + 1, ctx))
+    below, below_now = 0.0, torch.zeros(())
+
+    def retention_step(batches: tuple, step: int) -> torch.Tensor:
+        nonlocal below_now
+        x, y = batches[0]
+        carried = int(len(x) * share)  # floor: a batch of one stays clean
         x_c, y_c, x, y = x[:carried], y[:carried], x[carried:], y[carried:]
         with precision.autocast():
             if cfg.distill > 0:
@@ -155,30 +143,26 @@ def retain_knowledge(
             else:
                 loss = loss_per_sample(model, x, y).mean()
             if keep:
-                j = next(f_batches)
-                lam = thresholds[j].to(ctx.device)
-                f_loss = loss_per_sample(model, forget[0][j].to(ctx.device),
-                                         forget[1][j].to(ctx.device))
+                x_f, y_f, lam = batches[1]
+                f_loss = loss_per_sample(model, x_f, y_f)
                 loss = loss + cfg.keep_decoupled * undone_share(f_loss, lam)
                 below_now = (f_loss.detach() < lam).float().mean()  # read at the report
             if carried:
                 loss = loss + cfg.transplant * loss_per_sample(
                     model, (x_c + residual).clamp(0, 1),
                     (y_c + cfg.transplant_target * residual).clamp(0, 1)).mean()
-        finite.see(loss, step)
         precision.step(loss, opt)
-        step += 1
-        if step % ctx.checkpoint_every == 0 or step == total:
-            finite.check()  # before the state is reported, and so before it can be saved
-            below = float(below_now) if keep else below
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            mean = global_mean(loss.detach())
-            ctx.say(f"[finetune] step {step}/{total}  loss {mean:.5f}"
-                    + (f"  ({below:.0%} of the forget batch below its λ)" if keep else ""))
-            state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                     "step": step, "train_seconds": seconds}
-            ctx.report({"step": step, "loss": mean, "below": below, "train_seconds": seconds},
-                       state)
-    return {"steps": step, "final_loss": global_mean(loss.detach()), "below": below,
-            "train_seconds": seconds}
+        return loss
+
+    def progress(step: int, loss: torch.Tensor) -> dict:
+        nonlocal below
+        below = float(below_now) if keep else below
+        mean = global_mean(loss.detach())
+        ctx.say(f"[finetune] step {step}/{total}  loss {mean:.5f}"
+                + (f"  ({below:.0%} of the forget batch below its λ)" if keep else ""))
+        return {"loss": mean, "below": below}
+
+    ran = step_loop(model, ctx, label="finetune", sources=sources, step_fn=retention_step,
+                    optimizer=opt, steps=total, every=ctx.checkpoint_every, report=progress,
+                    watch=FiniteWatch("knowledge retention", "lower unlearn.finetune.lr"))
+    return {**ran.figures(), "below": below}

@@ -1,9 +1,11 @@
-"""Training-loop building blocks shared by every job: batching, per-sample losses, the
-from-scratch training loop, and the context a job runs in.
+"""Training-loop building blocks shared by every job: batching, per-sample losses, the one
+step loop (step_loop: resume, replay, step, report) that training, every unlearning method and
+retention run on, the from-scratch training that is its first use, and the context a job
+runs in.
 
-The loops are plain PyTorch. Whoever runs them (a Ray Train worker, a test, a notebook)
-hands in a JobContext: the device, this worker's rank, a state to resume from, and a
-`report` callback that receives metrics and, on a cadence, a checkpointable state.
+The loop is plain PyTorch. Whoever runs it (a Ray Train worker, a test, a notebook) hands in
+a JobContext: the device, this worker's rank, a state to resume from, and a `report`
+callback that receives metrics and, on a cadence, a checkpointable state.
 """
 
 from __future__ import annotations
@@ -103,14 +105,34 @@ def shard_batches(
 
 
 def endless_batches(
-    n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+    spread: int = 100_003,
 ) -> Iterator[torch.Tensor]:
-    """Batches over range(n) forever, reshuffled each pass, deterministic from `seed`."""
+    """Batches over range(n) forever, reshuffled each pass, deterministic from `seed`: pass
+    e draws its permutation from a generator seeded seed * spread + e (train_model has
+    always spread its seeds by 1,000,003, the step loops by 100,003)."""
     epoch = 0
     while True:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(seed * spread + epoch)
         yield from shard_batches(n, batch_size, gen, rank, world_size)
         epoch += 1
+
+
+@dataclass
+class Source:
+    """What a loop draws one batch from each step: pairs (CPU tensors of equal length:
+    inputs, targets, λ ...) and the order to draw them in, endless index batches that are
+    deterministic from a seed, so that a resumed loop can replay them (step_loop)."""
+
+    tensors: tuple[torch.Tensor, ...]
+    order: Iterator[torch.Tensor]
+
+
+def shuffled(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int, ctx: JobContext,
+             spread: int = 100_003) -> Source:
+    """A Source that reshuffles `tensors` each pass, this worker's shard (endless_batches)."""
+    order = endless_batches(len(tensors[0]), batch_size, seed, ctx.rank, ctx.world_size, spread)
+    return Source(tensors, order)
 
 
 class DeviceData:
@@ -353,6 +375,143 @@ class FiniteWatch:
                                   f"{float(self.loss)}; {self.hint}")
 
 
+Batches = tuple[tuple[torch.Tensor, ...], ...]  # a step's batch of each Source, in order
+StepFn = Callable[[Batches, int], torch.Tensor]
+ReportFn = Callable[[int, torch.Tensor], dict]
+
+
+@dataclass
+class Ran:
+    """What step_loop did.
+
+    Attributes:
+        steps: the step count reached (the steps before a resume included).
+        loss: the last step's loss (zero when no step ran in this run).
+        train_seconds: time in the loop, the runs before a resume included.
+        data_seconds: of this run's, the host's time getting batches to the device.
+    """
+
+    steps: int
+    loss: torch.Tensor
+    train_seconds: float
+    data_seconds: float
+
+    def figures(self) -> dict:
+        """{"steps", "final_loss" (the last loss, averaged over the workers: every worker
+        calls this), "train_seconds", "data_seconds"}: what a step loop's job returns."""
+        return {"steps": self.steps, "final_loss": global_mean(self.loss.detach()),
+                "train_seconds": self.train_seconds, "data_seconds": self.data_seconds}
+
+
+def rng_states(ctx: JobContext, generators: tuple[torch.Generator, ...] = ()) -> list[dict]:
+    """Every worker's random state, in rank order: torch's global generators (the CPU's and
+    the job's GPU's), which the families' training draws use, and `generators`, a loss's own.
+    One all-gather when there are several workers: only rank 0's checkpoint is saved, and
+    each worker was seeded apart (params.seed + rank)."""
+    mine = {"cpu": torch.get_rng_state(), "generators": [g.get_state() for g in generators]}
+    if ctx.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def set_rng_states(states: list[dict], ctx: JobContext,
+                   generators: tuple[torch.Generator, ...] = ()) -> None:
+    """Put this worker's random state of rng_states back."""
+    mine = states[ctx.rank]
+    torch.set_rng_state(mine["cpu"])
+    if "cuda" in mine and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    for generator, state in zip(generators, mine["generators"], strict=True):
+        generator.set_state(state)
+
+
+def step_loop(
+    model: nn.Module,
+    ctx: JobContext,
+    *,
+    label: str,
+    sources: list[Source],
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    every: int,
+    report: ReportFn,
+    watch: FiniteWatch,
+    stop: Callable[[int], bool] | None = None,
+    marks: tuple[int, ...] = (),
+    started: float | None = None,
+    generators: tuple[torch.Generator, ...] = (),
+) -> Ran:
+    """The loop every job runs (training, the unlearning methods, retention): resume, replay
+    the batch order, step, and report a checkpointable state on a cadence.
+
+    A resumed run is the uninterrupted one, bit for bit: the state restores the weights, the
+    optimizer, the step count and the random generators' states (torch's global ones and
+    those step_fn draws from), and each source's order, deterministic from its seed, is
+    replayed up to that step. What differs between uses is passed in.
+
+    Args:
+        model: the model (possibly DDP-wrapped), on ctx.device; changed in place.
+        ctx: the job context (resume state, reporting, device).
+        label: the loop's name in progress lines.
+        sources: what each step draws one batch from, in the order step_fn receives them.
+        step_fn: one optimizer step on (batch of each source, step); returns its loss.
+        optimizer: the optimizer whose state is checkpointed and restored.
+        steps: the step budget.
+        every: steps between reports (each with a state); the last step is reported too.
+        report: at a report, (step, last loss) -> the metrics to report (the loop adds
+            step and train_seconds); where the caller prints its progress line.
+        watch: checks the losses are finite before each report (components: FiniteWatch).
+        stop: asked before every step, the last included: True ends the loop early.
+        marks: further steps after which to report (a phase's end).
+        started: when this run's work began (time.perf_counter()), for train_seconds to
+            count the caller's preparation; None: now.
+        generators: the generators step_fn draws from (noise targets, random relabels).
+
+    Returns:
+        Ran: steps reached, the last loss, train_seconds, data_seconds.
+    """
+    t0 = time.perf_counter() if started is None else started
+    step, seconds = 0, 0.0
+    if ctx.resume:
+        unwrap(model).load_state_dict(ctx.resume["model"])
+        optimizer.load_state_dict(ctx.resume["optimizer"])
+        step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
+        set_rng_states(ctx.resume["rng"], ctx, generators)
+        ctx.say(f"[{label}] resuming after step {step}")
+    # replay: skip the index batches the steps before the checkpoint drew, so that the next
+    # step draws what an uninterrupted run would (each order has its own generator: skipping
+    # takes nothing from torch's global one)
+    for source in sources:
+        for _ in range(step):
+            next(source.order)
+    data = [DeviceData(source.tensors, ctx) for source in sources]
+    batches = zip(*(d.batches(source.order) for d, source in zip(data, sources, strict=True)),
+                  strict=True)
+    model.train()
+    loss = torch.zeros(())
+    while not (stop and stop(step)) and step < steps:
+        loss = step_fn(next(batches), step)
+        watch.see(loss, step)  # on the device: no host sync per step
+        step += 1
+        if step % every == 0 or step == steps or step in marks:
+            watch.check()  # before the state is reported, and so before it can be saved
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            metrics = report(step, loss)
+            # the state shares storage with the live model: ctx.report saves it at once
+            state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "step": step, "train_seconds": seconds,
+                     "rng": rng_states(ctx, generators)}
+            ctx.report({"step": step, **metrics, "train_seconds": seconds}, state)
+    seconds += time.perf_counter() - t0
+    return Ran(step, loss, seconds, sum(d.seconds for d in data))
+
+
 def train_model(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -379,40 +538,45 @@ def train_model(
         host's time getting batches to the device, in this run)}.
     """
     epochs = training_epochs(len(inputs), cfg, ctx.world_size)
+    per_epoch = steps_per_epoch(len(inputs), cfg, ctx.world_size)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     precision = Precision(ctx.device)
-    start_epoch, seconds = 0, 0.0
-    if ctx.resume:
-        unwrap(model).load_state_dict(ctx.resume["model"])
-        opt.load_state_dict(ctx.resume["optimizer"])
-        start_epoch, seconds = ctx.resume["epoch"] + 1, ctx.resume["train_seconds"]
-        ctx.say(f"[{label}] resuming after epoch {start_epoch}")
-    model.train()
-    pairs = DeviceData((inputs, targets), ctx)
-    loss_mean = float("nan")
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        total, count = torch.zeros((), device=ctx.device), 0
-        for x, y in pairs.batches(shard_batches(len(inputs), cfg.batch_size, gen, ctx.rank,
-                                                ctx.world_size)):
-            with precision.autocast():
-                loss = train_loss_per_sample(model, x, y).mean()
-            precision.step(loss, opt)
-            total += loss.detach() * len(x)
-            count += len(x)
-        check_finite(total, label, epoch, "lower train.lr")
+    # an epoch's loss is the mean over its pairs: summed on the device, read at its end
+    total, count = torch.zeros((), device=ctx.device), 0
+    loss_mean, epoch_start = float("nan"), time.perf_counter()
+
+    def train_step(batches: Batches, step: int) -> torch.Tensor:
+        nonlocal count
+        [(x, y)] = batches
+        with precision.autocast():
+            loss = train_loss_per_sample(model, x, y).mean()
+        precision.step(loss, opt)
+        total.add_(loss.detach() * len(x))
+        count += len(x)
+        return loss
+
+    def end_of_epoch(step: int, loss: torch.Tensor) -> dict:
+        nonlocal count, loss_mean, epoch_start
+        epoch = step // per_epoch
         loss_mean = global_mean(total / max(count, 1))
-        seconds += time.perf_counter() - t0
-        if (epoch + 1) % max(1, epochs // PROGRESS_LINES) == 0 or epoch + 1 == epochs:
-            ctx.say(f"[{label}] epoch {epoch + 1}/{epochs}  loss {loss_mean:.5f}  "
+        total.zero_()
+        count = 0
+        if epoch % max(1, epochs // PROGRESS_LINES) == 0 or epoch == epochs:
+            ctx.say(f"[{label}] epoch {epoch}/{epochs}  loss {loss_mean:.5f}  "
                     f"psnr {-10 * math.log10(max(loss_mean, 1e-12)):.2f} dB  "
-                    f"({time.perf_counter() - t0:.1f} s)")
-        state = {"model": unwrap(model).state_dict(),
-                 "optimizer": opt.state_dict(), "epoch": epoch, "train_seconds": seconds}
-        ctx.report({"epoch": epoch + 1, "loss": loss_mean, "train_seconds": seconds}, state)
-    return {"epochs": epochs, "steps": epochs * steps_per_epoch(len(inputs), cfg, ctx.world_size),
-            "final_loss": loss_mean, "train_seconds": seconds, "data_seconds": pairs.seconds}
+                    f"({time.perf_counter() - epoch_start:.1f} s)")
+        epoch_start = time.perf_counter()
+        return {"epoch": epoch, "loss": loss_mean}
+
+    # every epoch is one pass in the order its own seed gives (seed * 1,000,003 + epoch)
+    ran = step_loop(model, ctx, label=label,
+                    sources=[shuffled((inputs, targets), cfg.batch_size, seed, ctx,
+                                      spread=1_000_003)],
+                    step_fn=train_step, optimizer=opt, steps=epochs * per_epoch,
+                    every=per_epoch, report=end_of_epoch,
+                    watch=FiniteWatch(label, "lower train.lr"))
+    return {"epochs": epochs, "steps": epochs * per_epoch, "final_loss": loss_mean,
+            "train_seconds": ran.train_seconds, "data_seconds": ran.data_seconds}
 
 
 def steps_per_epoch(n: int, cfg: TrainParams, world_size: int = 1) -> int:

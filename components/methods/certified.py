@@ -32,14 +32,7 @@ from components.methods.base import Method, UnlearnData, register
 from components.models import build_model, loss_per_sample, unwrap
 from components.params import CertifiedParams, Params
 from components.privacy import iteration_sigma, noise_generator
-from components.training import (
-    DeviceData,
-    FiniteWatch,
-    JobContext,
-    Precision,
-    endless_batches,
-    global_mean,
-)
+from components.training import FiniteWatch, JobContext, Precision, global_mean, shuffled, step_loop
 
 MECHANISM = ("noisy clipped SGD on the retain set from a projected start (Koloskova et al. "
              "2025, gradient clipping); Rényi accounting by privacy amplification by iteration, "
@@ -92,39 +85,23 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
     """
     cfg = params.unlearn.certified
     t0 = time.perf_counter()
-    inputs, targets = data.retain
     weights = list(unwrap(model).parameters())  # every weight: all of them saw the forget set
-    centre = public_centre(params, tuple(inputs.shape[1:]), ctx.device)
+    centre = public_centre(params, tuple(data.retain[0].shape[1:]), ctx.device)
     sigma = iteration_sigma(cfg.epsilon, cfg.delta, cfg.start_radius, cfg.lr, cfg.clip_norm,
                             cfg.steps)
     # plain SGD, no momentum, no weight decay: each step moves the weights by η·clip(g) exactly
     noisy = torch.optim.SGD(weights, lr=cfg.lr)
     finish = torch.optim.Adam(weights, lr=cfg.finish_lr)
-    step, seconds = 0, 0.0
-    if ctx.resume:
-        unwrap(model).load_state_dict(ctx.resume["model"])
-        finish.load_state_dict(ctx.resume["optimizer"])
-        step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
-    else:
+    if not ctx.resume:  # a resumed run's weights are the checkpoint's (step_loop)
         project(weights, centre, cfg.start_radius)
     gen = noise_generator(ctx.device)
-    order = endless_batches(len(inputs), cfg.batch_size, params.seed, ctx.rank, ctx.world_size)
-    for _ in range(step):
-        next(order)
-    pairs = DeviceData((inputs, targets), ctx)
-    batches = pairs.batches(order)
-    finite = FiniteWatch("certified unlearning", "lower unlearn.certified.finish_lr")
     precision = Precision(ctx.device)
     total = cfg.steps + cfg.finish_steps
-    ctx.say(f"[certified] (ε={cfg.epsilon:g}, δ={cfg.delta:g}): {cfg.steps} noisy steps, "
-            f"σ = {sigma:.4g} per weight and step, then {cfg.finish_steps} noiseless ones")
-    model.train()
-    loss = torch.zeros(())
-    while step < total:
-        x, y = next(batches)
+
+    def certified_step(batches: tuple, step: int) -> torch.Tensor:
+        [(x, y)] = batches
         with precision.autocast():
             loss = loss_per_sample(model, x, y).mean()
-        finite.see(loss, step)
         if step < cfg.steps:
             precision.step(loss, noisy, clip=(weights, cfg.clip_norm))
             with torch.no_grad():
@@ -134,20 +111,25 @@ def certified(model: nn.Module, data: UnlearnData, params: Params, ctx: JobConte
                 project(weights, centre, cfg.start_radius)  # post-processing: no data read
         else:
             precision.step(loss, finish)
-        step += 1
-        if step % ctx.checkpoint_every == 0 or step in (cfg.steps, total):
-            finite.check()  # before the state is reported, and so before it can be saved
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            mean = global_mean(loss.detach())
-            phase = "noisy" if step <= cfg.steps else "finish"
-            ctx.say(f"[certified] step {step}/{total} ({phase})  retain loss {mean:.5f}")
-            state = {"model": unwrap(model).state_dict(), "optimizer": finish.state_dict(),
-                     "step": step, "train_seconds": seconds}
-            ctx.report({"step": step, "loss": mean, "train_seconds": seconds}, state)
-    seconds += time.perf_counter() - t0
-    return {"steps": step, "final_loss": global_mean(loss.detach()), "train_seconds": seconds,
-            "data_seconds": pairs.seconds, "privacy": privacy_record(cfg, sigma)}
+        return loss
+
+    def progress(step: int, loss: torch.Tensor) -> dict:
+        mean = global_mean(loss.detach())
+        phase = "noisy" if step <= cfg.steps else "finish"
+        ctx.say(f"[certified] step {step}/{total} ({phase})  retain loss {mean:.5f}")
+        return {"loss": mean}
+
+    ctx.say(f"[certified] (ε={cfg.epsilon:g}, δ={cfg.delta:g}): {cfg.steps} noisy steps, "
+            f"σ = {sigma:.4g} per weight and step, then {cfg.finish_steps} noiseless ones")
+    # the noisy phase's plain SGD has no state: the finishing Adam's is the one to keep; the
+    # end of the noisy phase is checkpointed, so that a resumed run draws no noise again
+    ran = step_loop(model, ctx, label="certified",
+                    sources=[shuffled(data.retain, cfg.batch_size, params.seed, ctx)],
+                    step_fn=certified_step, optimizer=finish, steps=total,
+                    every=ctx.checkpoint_every, report=progress,
+                    watch=FiniteWatch("certified unlearning", "lower unlearn.certified.finish_lr"),
+                    marks=(cfg.steps,), started=t0)
+    return {**ran.figures(), "privacy": privacy_record(cfg, sigma)}
 
 
 METHOD = Method(

@@ -28,17 +28,18 @@ from torch import nn
 
 from components.certificate import ascent_record
 from components.methods.base import RETENTION_PLAN, Method, UnlearnData, register
-from components.models import loss_per_sample, parameter_group, unwrap
+from components.models import loss_per_sample, parameter_group
 from components.ood import decoupling_thresholds, memorised_residual
 from components.params import DecoupleParams, Params
 from components.privacy import ascent_sensitivity, gaussian_sigma, noise_generator
 from components.training import (
-    DeviceData,
+    FiniteWatch,
     JobContext,
     Precision,
     check_finite,
-    endless_batches,
     per_sample_loss,
+    shuffled,
+    step_loop,
 )
 
 
@@ -85,46 +86,48 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
         figures.update(found)
         ctx.say(f"[decouple] {found['memorised']} memorised forget pairs; their shared "
                 f"residual holds {found['coherent_pixels']} pixels")
-    step, seconds = 0, 0.0
-    if ctx.resume:
-        unwrap(model).load_state_dict(ctx.resume["model"])
-        step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
     group = parameter_group(model, cfg.params)
     opt = torch.optim.SGD(group, lr=cfg.lr)
     precision = Precision(ctx.device)
     # the same probe subset on every worker, so that every worker takes the same stop decision
     probe = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     probe = probe[: cfg.probe_size]
-    batches = endless_batches(len(inputs), cfg.batch_size, seed, ctx.rank, ctx.world_size)
-    for _ in range(step):
-        next(batches)
-    model.train()
-    pairs = DeviceData((inputs, targets, lam), ctx)
-    batches = pairs.batches(batches)
     hint = "lower unlearn.decouple.lr or unlearn.decouple.clip_norm"
     reached, probe_loss, below = False, float("nan"), 1.0
-    while True:
+
+    def stop_rule(step: int) -> bool:
+        """Probe the forget loss on the check cadence and at the budget's end; True once the
+        stop rule holds."""
+        nonlocal reached, probe_loss, below
         if step % cfg.check_every == 0 or step >= cfg.max_steps:
             losses = per_sample_loss(model, inputs[probe], targets[probe], ctx.device)
             check_finite(losses.mean(), "decoupling (gradient ascent)", step, hint)
             probe_loss, below = float(losses.mean()), float((losses < lam[probe]).float().mean())
             reached = probe_loss >= float(lam[probe].mean()) if cfg.stop == "mean" else below == 0
-        if reached or step >= cfg.max_steps:
-            break
-        x, y, lam_batch = next(batches)
+        return reached
+
+    def ascent_step(batches: tuple, step: int) -> torch.Tensor:
+        [(x, y, lam_batch)] = batches
         with precision.autocast():
             per_sample = loss_per_sample(model, x, y)
         if cfg.stop == "sample":  # samples already at their λ_i leave the ascent
             per_sample = per_sample * (per_sample.detach() < lam_batch)
-        precision.step(-per_sample.mean(), opt, clip=(group, cfg.clip_norm))
-        step += 1
-        if step % ctx.checkpoint_every == 0:
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            ctx.say(f"[decouple] step {step}/{cfg.max_steps}  forget loss {probe_loss:.5f} "
-                    f"(mean λ {figures['lambda']:.5f}, {below:.0%} of samples below theirs)")
-            state = {"model": unwrap(model).state_dict(), "step": step, "train_seconds": seconds}
-            ctx.report({"step": step, "forget_loss": probe_loss, "below": below}, state)
+        loss = -per_sample.mean()
+        precision.step(loss, opt, clip=(group, cfg.clip_norm))
+        return loss
+
+    def progress(step: int, loss: torch.Tensor) -> dict:
+        ctx.say(f"[decouple] step {step}/{cfg.max_steps}  forget loss {probe_loss:.5f} "
+                f"(mean λ {figures['lambda']:.5f}, {below:.0%} of samples below theirs)")
+        return {"forget_loss": probe_loss, "below": below}
+
+    ran = step_loop(model, ctx, label="decouple",
+                    sources=[shuffled((inputs, targets, lam), cfg.batch_size, seed, ctx)],
+                    step_fn=ascent_step, optimizer=opt, steps=cfg.max_steps,
+                    every=ctx.checkpoint_every, report=progress,
+                    watch=FiniteWatch("decoupling (gradient ascent)", hint), stop=stop_rule,
+                    started=t0)
+    step = ran.steps
     if reached:
         ctx.say(f"[decouple] stop rule ({cfg.stop}) met after {step} steps: forget loss "
                 f"{probe_loss:.5f}, mean λ {figures['lambda']:.5f}")
@@ -136,11 +139,12 @@ def ascend(model: nn.Module, data: UnlearnData, cfg: DecoupleParams, seed: int,
                 f"rule ({cfg.stop}) held: {below:.0%} of the probe is still below its λ "
                 f"(forget loss {probe_loss:.5f}, mean λ {figures['lambda']:.5f}); raise "
                 "unlearn.decouple.max_steps or lr")
+    t0 = time.perf_counter()
     sigma = add_noise(group, cfg, ctx)
-    seconds += time.perf_counter() - t0
+    seconds = ran.train_seconds + time.perf_counter() - t0
     return {**figures, "steps": step, "reached": reached, "forget_loss": probe_loss,
             "below": below, "sigma": sigma, "train_seconds": seconds,
-            "data_seconds": pairs.seconds, **ascent_record(cfg, sigma, step),
+            "data_seconds": ran.data_seconds, **ascent_record(cfg, sigma, step),
             RETENTION_PLAN: {"thresholds": lam, "residual": residual}}
 
 

@@ -47,7 +47,7 @@ def li2024(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext)
     opt = torch.optim.AdamW(group, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     return run_steps(model, data, ctx, label="li2024", steps=cfg.steps, optimizer=opt,
                      loss_fn=loss, seed=params.seed, clip=(group, cfg.clip_norm),
-                     before_step=lambda: average_gradients(group))
+                     before_step=lambda: average_gradients(group), generators=(gen,))
 
 
 METHOD = Method(name="li2024", forget=li2024, retention=False,

@@ -1,10 +1,8 @@
-"""The step loop the joint baselines share: batches of retain and forget pairs, one loss,
-one optimizer, with resume, progress lines, checkpoints and a divergence check (on the
-checkpoint cadence, before every report: components.training.FiniteWatch)."""
+"""The joint baselines' use of the step loop (components.training.step_loop): a batch of
+retain and a batch of forget pairs each step, one loss, one optimizer."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -12,15 +10,7 @@ import torch.distributed as dist
 from torch import nn
 
 from components.methods.base import UnlearnData
-from components.models import unwrap
-from components.training import (
-    DeviceData,
-    FiniteWatch,
-    JobContext,
-    Precision,
-    endless_batches,
-    global_mean,
-)
+from components.training import FiniteWatch, JobContext, Precision, global_mean, shuffled, step_loop
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch, Batch, int], torch.Tensor]
@@ -39,6 +29,7 @@ def run_steps(
     batch_size: int = 128,
     clip: tuple[list[nn.Parameter], float] | None = None,
     before_step: Callable[[], None] | None = None,
+    generators: tuple[torch.Generator, ...] = (),
 ) -> dict:
     """Run `steps` optimizer steps of loss_fn(model, retain_batch, forget_batch, step).
 
@@ -54,46 +45,34 @@ def run_steps(
         batch_size: size of both batches.
         clip: (parameters, max norm) to clip the gradient to, if any.
         before_step: called after backward, before the step (e.g. to mask gradients).
+        generators: the generators loss_fn draws from, checkpointed with the loop's state.
 
     Returns:
         {"steps", "final_loss", "train_seconds", "data_seconds" (the host's time getting
         batches to the device, in this run)}.
     """
-    step, seconds = 0, 0.0
-    if ctx.resume:
-        unwrap(model).load_state_dict(ctx.resume["model"])
-        optimizer.load_state_dict(ctx.resume["optimizer"])
-        step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
-    r_batches = endless_batches(len(data.retain[0]), batch_size, seed, ctx.rank, ctx.world_size)
-    f_batches = endless_batches(len(data.forget[0]), batch_size, seed + 1, ctx.rank,
-                                ctx.world_size)
-    for _ in range(step):
-        next(r_batches), next(f_batches)
-    model.train()
     precision = Precision(ctx.device)
-    retain, forget = DeviceData(data.retain, ctx), DeviceData(data.forget, ctx)
-    r_batches, f_batches = retain.batches(r_batches), forget.batches(f_batches)
-    finite = FiniteWatch(label, f"lower unlearn.{label}.lr")
-    loss = torch.zeros(())
-    t0 = time.perf_counter()
-    while step < steps:
-        rb, fb = next(r_batches), next(f_batches)
+
+    def joint_step(batches: tuple, step: int) -> torch.Tensor:
+        retain, forget = batches
         with precision.autocast():
-            loss = loss_fn(model, rb, fb, step)
-        finite.see(loss, step)
+            loss = loss_fn(model, retain, forget, step)
         precision.step(loss, optimizer, clip, before_step)
-        step += 1
-        if step % ctx.checkpoint_every == 0 or step == steps:
-            finite.check()  # before the state is reported, and so before it can be saved
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            mean = global_mean(loss.detach())
-            ctx.say(f"[{label}] step {step}/{steps}  loss {mean:.5f}")
-            state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "step": step, "train_seconds": seconds}
-            ctx.report({"step": step, "loss": mean, "train_seconds": seconds}, state)
-    return {"steps": step, "final_loss": global_mean(loss.detach()), "train_seconds": seconds,
-            "data_seconds": retain.seconds + forget.seconds}
+        return loss
+
+    def progress(step: int, loss: torch.Tensor) -> dict:
+        mean = global_mean(loss.detach())
+        ctx.say(f"[{label}] step {step}/{steps}  loss {mean:.5f}")
+        return {"loss": mean}
+
+    ran = step_loop(model, ctx, label=label,
+                    sources=[shuffled(data.retain, batch_size, seed, ctx),
+                             shuffled(data.forget, batch_size, seed + 1, ctx)],
+                    step_fn=joint_step, optimizer=optimizer, steps=steps,
+                    every=ctx.checkpoint_every, report=progress,
+                    watch=FiniteWatch(label, f"lower unlearn.{label}.lr"),
+                    generators=generators)
+    return ran.figures()
 
 
 def average_gradients(parameters: list[nn.Parameter]) -> None:

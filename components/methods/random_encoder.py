@@ -36,7 +36,8 @@ def random_encoder(model: nn.Module, data: UnlearnData, params: Params, ctx: Job
 
     return run_steps(model, data, ctx, label="random_encoder", steps=cfg.steps,
                      optimizer=torch.optim.Adam(group, lr=cfg.lr), loss_fn=loss,
-                     seed=params.seed, before_step=lambda: average_gradients(group))
+                     seed=params.seed, before_step=lambda: average_gradients(group),
+                     generators=(gen,))
 
 
 METHOD = Method(name="random_encoder", forget=random_encoder, retention=False,

@@ -14,9 +14,9 @@ from components.params import Params
 from components.training import JobContext
 
 
-def relabel_loss(data: UnlearnData, seed: int):
-    """Retain loss + loss of forget inputs against random retain targets (shared with salun)."""
-    gen = torch.Generator().manual_seed(seed + 4)
+def relabel_loss(data: UnlearnData, gen: torch.Generator):
+    """Retain loss + loss of forget inputs against random retain targets, drawn from `gen`
+    (shared with salun)."""
     targets = data.retain[1]
 
     def loss(m: nn.Module, retain: tuple, forget: tuple, step: int) -> torch.Tensor:
@@ -30,9 +30,10 @@ def relabel_loss(data: UnlearnData, seed: int):
 def retain_label(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) -> dict:
     """Adam on retain loss + forget inputs against random retain targets."""
     cfg = params.unlearn.retain_label
+    gen = torch.Generator().manual_seed(params.seed + 4)
     return run_steps(model, data, ctx, label="retain_label", steps=cfg.steps,
                      optimizer=torch.optim.Adam(parameter_group(model, "all"), lr=cfg.lr),
-                     loss_fn=relabel_loss(data, params.seed), seed=params.seed)
+                     loss_fn=relabel_loss(data, gen), seed=params.seed, generators=(gen,))
 
 
 METHOD = Method(name="retain_label", forget=retain_label, retention=False,

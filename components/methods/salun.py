@@ -64,10 +64,11 @@ def salun(model: nn.Module, data: UnlearnData, params: Params, ctx: JobContext) 
             if p.grad is not None:
                 p.grad.mul_(m)
 
+    gen = torch.Generator().manual_seed(params.seed + 4)
     info = run_steps(model, data, ctx, label="salun", steps=cfg.steps,
                      optimizer=torch.optim.Adam(parameters, lr=cfg.lr),
-                     loss_fn=relabel_loss(data, params.seed), seed=params.seed,
-                     before_step=mask_gradients)
+                     loss_fn=relabel_loss(data, gen), seed=params.seed,
+                     before_step=mask_gradients, generators=(gen,))
     info["masked_share"] = float(sum(m.sum() for m in masks) / sum(m.numel() for m in masks))
     return info
 

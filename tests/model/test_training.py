@@ -44,6 +44,40 @@ def test_training_reports_each_epoch_and_resumes_where_it_stopped(digit_pairs):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_a_resumed_loop_draws_the_random_numbers_an_uninterrupted_one_draws(digit_pairs,
+                                                                            fresh,
+                                                                            unlearn_data):
+    """A checkpoint holds the random generators' states: torch's global one (diffusion's
+    noise and timesteps) and a loss's own (li2024's noise images). A job resumed from it,
+    whatever its restart left in them, ends bit-identical to one that never stopped."""
+    from components.methods import get_method
+    from tests.model.test_families import family_params, tiny_model
+
+    def run(loop, model, resume=None):
+        states = []
+        loop(model, JobContext(report=lambda m, s: states.append(copy.deepcopy(s)),
+                               log=lambda s: None, checkpoint_every=4, resume=resume))
+        return states
+
+    train = family_params("diffusion").train.model_copy(update={"epochs": 3})
+    pairs = tuple(t[:64] for t in digit_pairs["train"])
+    li2024 = tiny_params(li2024={"steps": 10})
+    loops = {
+        "diffusion training": (lambda: tiny_model("diffusion"),
+                               lambda m, ctx: train_model(m, *pairs, train, ctx, seed=0)),
+        "li2024": (lambda: copy.deepcopy(fresh),
+                   lambda m, ctx: get_method("li2024").forget(m, unlearn_data, li2024, ctx)),
+    }
+    for name, (build, loop) in loops.items():
+        full = build()
+        states = run(loop, full)
+        resumed = build()
+        torch.manual_seed(123)  # a restarted worker's RNG: not where the checkpoint left it
+        run(loop, resumed, resume=states[0])
+        for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+
+
 def test_parameter_groups_split_the_model():
     model = build_model(tiny_params().model, 1, 8)
     enc, dec = parameter_group(model, "encoder"), parameter_group(model, "decoder")
