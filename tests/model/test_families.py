@@ -213,6 +213,7 @@ def test_retrain_resets_the_transformers_too(pairs):
 def _ddp_worker(rank: int, port: int, family: str, data: dict) -> None:
     """One of two gloo workers: train, then unlearn, a DDP-wrapped model on its own shard;
     the weights must stay equal across the workers (and have moved)."""
+    torch.set_num_threads(1)  # two workers on two cores (tests/conftest.py: one_torch_thread)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)
     try:
