@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from components.data import ImageSet, load_digits
 
@@ -39,6 +40,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The models trained and scored in the test process are tiny: intra-op threads gain them
+    nothing and lose to contention on a 2-core machine that also runs the session's Ray and
+    Prefect (a tiny AE's 32 steps: 7.9 s on 2 threads, 1.9 s on 1; components/classifier.py
+    and tests/code/test_fid.py measured the same). Subprocesses (stages, jobs) are not
+    touched."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -235,7 +235,9 @@ def family_params(base: Params, family: str, preset: str, sizes: dict) -> Params
         "forget": {"kind": "class", "classes": [FORGET_CLASS]},
         "backdoor": {"trigger_size": max(2, side // 8), "pattern_cell": max(2, side // 8)},
         "model": {"family": family, "task": TASK[family], family: MODELS[preset][family]},
-        "train": {"batch_size": sizes["batch"]},
+        # the bench chooses its epochs (timed_training counts epochs x batches): params.yaml's
+        # min_steps (1,000) would stretch every tiny 1-epoch run to 100+ epochs
+        "train": {"batch_size": sizes["batch"], "min_steps": 0},
     }
     k = sizes["method_steps"]
     # tiny: every method's budget cut to k steps; else params.yaml's (retrain: one epoch)

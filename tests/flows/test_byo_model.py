@@ -13,6 +13,7 @@ from components.data import load_dataset
 from components.models import build_model
 from components.params import parse_params
 from components.tasks import to_float
+from tests.flows.inprocess import unlearn
 
 
 def run(cmd, ws, env, code=0):
@@ -40,11 +41,11 @@ def train_elsewhere(params_file, path):
 def test_a_model_trained_elsewhere_is_unlearned_without_training_anything(workspace):
     ws, env = workspace
     train_elsewhere(ws / "params.yaml", ws / "theirs.pt")
-    out = run(["unlearn", "import-model", "theirs.pt", "--out", "models/imported.pt"], ws, env)
+    out = unlearn(["import-model", "theirs.pt", "--out", "models/imported.pt"], ws, env)
     assert "wrote models/imported.pt" in out
     # a state dict of another architecture is one clear line, nothing written
     torch.save({"encoder.0.weight": torch.zeros(3)}, ws / "other.pt")
-    bad = run(["unlearn", "import-model", "other.pt", "--out", "models/bad.pt"], ws, env, code=2)
+    bad = unlearn(["import-model", "other.pt", "--out", "models/bad.pt"], ws, env, code=2)
     assert "does not fit model.family=ae" in bad and "Traceback" not in bad
     assert not (ws / "models/bad.pt").exists()
 
@@ -73,5 +74,5 @@ def test_a_model_trained_elsewhere_is_unlearned_without_training_anything(worksp
     version = client.get_model_version_by_alias("digits-ae", "candidate")
     assert version.tags["audit.against"] == "reference-free"
     assert version.tags["audit.passed"] == str(audit["verdict"]["passed"]).lower()
-    review = run(["unlearn", "review"], ws, env)
+    review = unlearn(["review"], ws, env)
     assert "reference-free" in review and "Traceback" not in review

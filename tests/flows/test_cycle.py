@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.ops.cycle import SCHEDULE_SLUG
 from tests.conftest import REPO
+from tests.flows.inprocess import unlearn
 from tests.flows.test_pipeline import run
 
 OPS_PARAMS = {"forget": {"kind": "ledger"}, "backdoor": {"enabled": False},
@@ -21,8 +22,8 @@ OPS_PARAMS = {"forget": {"kind": "ledger"}, "backdoor": {"enabled": False},
 
 
 def forget_list(ws, env):
-    return {r["request_id"]: r for r in json.loads(run(["unlearn", "forget", "list", "--json"],
-                                                       ws, env))}
+    return {r["request_id"]: r for r in json.loads(unlearn(["forget", "list", "--json"], ws,
+                                                           env))}
 
 
 def ops_workspace(ws, env):
@@ -42,8 +43,8 @@ def ops_workspace(ws, env):
 
 
 def add(ws, env, ids, reason="erasure request"):
-    return run(["unlearn", "forget", "add", "--ids", ",".join(ids), "--reason", reason,
-                "--requester", "dpo"], ws, env)
+    return unlearn(["forget", "add", "--ids", ",".join(ids), "--reason", reason,
+                    "--requester", "dpo"], ws, env)
 
 
 @pytest.mark.ops
@@ -112,21 +113,23 @@ def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
 
 
 def test_requests_are_refused_cleanly_and_a_second_cycle_waits(workspace):
+    """The first refusal and the cycle that waits on the lock run as real `unlearn` processes;
+    the other `forget` commands in-process (tests/flows/inprocess.py)."""
     ws, env = workspace
     out = run(["unlearn", "forget", "add", "--ids", "digits:train:1", "--reason", "x"], ws, env,
               code=2)
     assert "split manifests are needed" in out and "Traceback" not in out
     retain = ops_workspace(ws, env)
-    out = run(["unlearn", "forget", "add", "--ids", f"{retain[0]},{retain[0]},digits:train:99999,"
-               "bogus", "--reason", "x"], ws, env, code=2)
+    out = unlearn(["forget", "add", "--ids", f"{retain[0]},{retain[0]},digits:train:99999,"
+                   "bogus", "--reason", "x"], ws, env, code=2)
     assert "3 bad id(s)" in out and "listed twice" in out and "malformed" in out
     assert "Traceback" not in out and (ws / "ledger/requests.jsonl").read_text() == ""
-    assert "exactly one of --ids" in run(["unlearn", "forget", "add", "--reason", "x"], ws, env,
-                                         code=2)
-    assert "needs --once" in run(["unlearn", "run"], ws, env, code=2)
+    assert "exactly one of --ids" in unlearn(["forget", "add", "--reason", "x"], ws, env,
+                                             code=2)
+    assert "needs --once" in unlearn(["run"], ws, env, code=2)
     add(ws, env, retain[:5])
-    assert "already requested in req-0001" in run(
-        ["unlearn", "forget", "add", "--ids", retain[0], "--reason", "again"], ws, env, code=2)
+    assert "already requested in req-0001" in unlearn(
+        ["forget", "add", "--ids", retain[0], "--reason", "again"], ws, env, code=2)
 
     # a cycle already running holds the lock: the second one refuses and changes nothing
     (ws / ".cycles").mkdir()

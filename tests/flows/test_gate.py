@@ -24,7 +24,8 @@ from components.splits import file_sha256
 from components.verdict import audit_verdict
 from flows.runtime.common import save_model
 from tests.conftest import REPO
-from tests.flows.test_pipeline import review, run
+from tests.flows.inprocess import review, unlearn
+from tests.flows.test_pipeline import run
 
 NAME = "digits-ae"
 REFERENCE = {"backdoor_asr": 0.0, "trigger_psnr": 19.0, "mia_auc": 0.50, "mia_efficacy": 0.40,
@@ -107,7 +108,7 @@ def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(registry_work
     assert (v1.tags["artifact.sha256"], v2.tags["artifact.sha256"]) == (sha1, sha2)
     assert v1.tags["certificate.covers"] == "none" and v1.tags["certificate.epsilon"] == "inf"
 
-    run(["unlearn", "promote", "--version", "1", "--yes", "--by", "ci"], ws, env)
+    unlearn(["promote", "--version", "1", "--yes", "--by", "ci"], ws, env)
     first = review(ws, env)
     assert first["champion"]["gate"] == {"ok": True, "problems": []}
     assert first["champion"]["artifact_sha256"] == sha1
@@ -118,18 +119,18 @@ def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(registry_work
     flagged = review(ws, env)["champion"]
     assert flagged["version"] == 2 and not flagged["gate"]["ok"]
     assert "outside `unlearn promote`" in flagged["gate"]["problems"][0]
-    assert "FLAG:" in run(["unlearn", "review"], ws, env)
+    assert "FLAG:" in unlearn(["review"], ws, env)
     add_request(ws / "ledger", ["digits:train:1"], "erasure", "dpo", {"digits:train:1"})
     out = run(["unlearn", "run", "--once"], ws, env, code=1)
     assert "refusing to start a cycle from champion v2 of digits-ae" in out
     assert "Traceback" not in out and not (ws / ".cycles").exists()
 
     # v2 through the gate: its looser audit needs --force --reason, recorded as forced
-    out = run(["unlearn", "promote", "--version", "2", "--yes"], ws, env, code=1)
+    out = unlearn(["promote", "--version", "2", "--yes"], ws, env, code=1)
     assert "audited under looser tolerances than policy.yaml" in out
     assert "audit.tolerance.mia_auc = 0.3 > 0.05" in out
-    run(["unlearn", "promote", "--version", "2", "--yes", "--force", "--reason", "drill",
-         "--by", "ci"], ws, env)
+    unlearn(["promote", "--version", "2", "--yes", "--force", "--reason", "drill",
+             "--by", "ci"], ws, env)
     after = review(ws, env)
     assert after["champion"]["gate"]["ok"]
     last = after["promotions"][-1]
@@ -142,6 +143,6 @@ def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(registry_work
     assert "`audit.mia_auc` tag does not match" in problem and "tag edited" in problem
     artifacts = Path(urlparse(client.get_run(v1.run_id).info.artifact_uri).path)
     (artifacts / "checkpoint/unlearned.pt").write_bytes(b"other weights")
-    out = run(["unlearn", "promote", "--version", "1", "--yes", "--force", "--reason", "x"], ws,
+    out = unlearn(["promote", "--version", "1", "--yes", "--force", "--reason", "x"], ws,
               env, code=2)
     assert "version 1 cannot be promoted: its checkpoint/unlearned.pt hashes to" in out

@@ -11,6 +11,8 @@ import subprocess
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.flows import inprocess
+
 STAGES = ("prepare", "train", "decouple", "finetune", "audit", "evaluate", "register")
 BLOCK_KEYS = {"forget_psnr", "retain_psnr", "test_psnr", "forget_ssim", "mia_auc", "ood_auroc",
               "backdoor_asr", "retrain_gap"}
@@ -90,7 +92,9 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     assert first["candidate"]["artifact_sha256"] == version.tags["artifact.sha256"]
     assert first["candidate"]["gate"]["ok"]
     run(["unlearn", "promote", "--version", "1", "--yes", "--by", "ci"], ws, env)
-    assert review(ws, env)["champion"]["version"] == 1
+    # the reviewer commands as real processes: review, promote (exit 0 above; 1 and 2 below),
+    # report; their repeats in-process (tests/flows/inprocess.py: the same app, ~6 s less each)
+    assert inprocess.review(ws, env)["champion"]["version"] == 1
 
     # the report: one self-contained page, images embedded, logged to MLflow
     run(["unlearn", "report"], ws, env)
@@ -113,7 +117,7 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["forget"]["classes"] == [3]
     assert params["unlearn"]["finetune"]["keep_decoupled"] == 0
-    second = review(ws, env)
+    second = inprocess.review(ws, env)
     assert second["candidate"]["version"] == 2 and not second["candidate"]["audit"]["passed"]
     assert "backdoor_asr" in second["candidate"]["audit"]["failed"]
 
@@ -122,12 +126,12 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
     assert "failed its audit" in out and "backdoor_asr" in out and "Traceback" not in out
     assert "--force needs --reason" in run(["unlearn", "promote", "--version", "2", "--yes",
                                             "--force"], ws, env, code=2)
-    assert "does not exist" in run(["unlearn", "promote", "--version", "9", "--yes"], ws, env,
-                                   code=2)
-    assert review(ws, env)["champion"]["version"] == 1
-    run(["unlearn", "promote", "--version", "2", "--yes", "--force", "--reason", "drill",
-         "--by", "ci"], ws, env)
-    final = review(ws, env)
+    assert "does not exist" in inprocess.unlearn(["promote", "--version", "9", "--yes"], ws, env,
+                                                 code=2)
+    assert inprocess.review(ws, env)["champion"]["version"] == 1
+    inprocess.unlearn(["promote", "--version", "2", "--yes", "--force", "--reason", "drill",
+                       "--by", "ci"], ws, env)
+    final = inprocess.review(ws, env)
     assert final["champion"]["version"] == 2
     assert [(p["from"], p["to"], p["forced"], p["by"]) for p in final["promotions"]] == \
         [(None, 1, False, "ci"), (1, 2, True, "ci")]

@@ -19,8 +19,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.params import AuditParams
+from tests.flows.inprocess import review, unlearn
 from tests.flows.test_gate import QUALITY, model_file, unlearning_outputs, write_json
-from tests.flows.test_pipeline import review, run
+from tests.flows.test_pipeline import run
 
 NAME = "digits-ae"
 # DVC runs a stage's command through a shell under its own process: so does this stand-in
@@ -116,7 +117,7 @@ def test_a_version_answers_the_reviewer_from_mlflow_alone(registry_workspace):
     assert not any(k.startswith(("unlearn.salun", "data.", "forget.")) for k in logged)
 
     # the report: logged on the version's run, linked from the version, naming it
-    run(["unlearn", "report"], ws, env)
+    unlearn(["report"], ws, env)
     page = (ws / "reports/report.html").read_text()
     assert "digits-ae version 1" in page and "class 3 (3) of digits" in page
     assert "covers none (ε = inf)" in page
@@ -128,10 +129,9 @@ def test_a_version_answers_the_reviewer_from_mlflow_alone(registry_workspace):
 
     # promotion: a person, recorded on the version; candidate leaves it
     env.pop("UNLEARN_REVIEWER", None)
-    out = run(["unlearn", "promote", "--version", "1", "--yes"], ws, env, code=2)
+    out = unlearn(["promote", "--version", "1", "--yes"], ws, env, code=2)
     assert "say who promotes: --by NAME or UNLEARN_REVIEWER=NAME" in out
-    run(["unlearn", "promote", "--version", "1", "--yes"], ws,
-        {**env, "UNLEARN_REVIEWER": "Ada Lovelace"})
+    unlearn(["promote", "--version", "1", "--yes"], ws, {**env, "UNLEARN_REVIEWER": "Ada Lovelace"})
     v1 = client.get_model_version(NAME, "1")
     assert (v1.tags["promoted.by"], v1.tags["promoted.reason"], v1.tags["promoted.forced"]) == \
         ("Ada Lovelace", "audit passed", "false")

@@ -20,11 +20,20 @@ def set_params(ws, **sections):
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+# Each case is a `prepare` process (~10 s on 2 cores). The default run keeps one per error
+# type the stage turns into exit 2 (SplitError, ParamsError, DataError); the other three are
+# repeats of a kept type whose messages tests/data/test_data.py (unknown class) and
+# tests/code/test_params.py (unknown key, unknown method) check in-process: `make test-slow`.
+REPEAT = pytest.mark.slow
+
+
 @pytest.mark.parametrize("change,message", [
-    ({"forget__classes": ["sneakerz"]}, "unknown class(es) 'sneakerz'"),
+    pytest.param({"forget__classes": ["sneakerz"]}, "unknown class(es) 'sneakerz'",
+                 marks=REPEAT),
     ({"forget__classes": list(range(10))}, "the forget set is the whole training set"),
-    ({"forget__claases": [3]}, "unknown key 'forget.claases' (did you mean 'forget.classes'?)"),
-    ({"unlearn__method": "magic"}, "unknown method"),
+    pytest.param({"forget__claases": [3]},
+                 "unknown key 'forget.claases' (did you mean 'forget.classes'?)", marks=REPEAT),
+    pytest.param({"unlearn__method": "magic"}, "unknown method", marks=REPEAT),
     # a bound that cannot be certified: refused before anything runs
     ({"unlearn__certified": {"epsilon": float("inf")}},
      "'unlearn.certified.epsilon': Value error, epsilon must be finite"),

@@ -52,7 +52,10 @@ NO_EMBEDDING = {("diffusion", "li2024"), ("diffusion", "random_encoder")}
 
 def family_params(family, task="reconstruction", method="decouple", **model):
     return parse_params({"model": {"family": family, "task": task, family: TINY[family], **model},
-                         "train": {"epochs": 1, "batch_size": 16, "lr": 0.003},
+                         # min_steps 0: train.epochs as written (the default 1,000 steps
+                         # made every 1-epoch run and retrain 250 epochs: minutes per test)
+                         "train": {"epochs": 1, "batch_size": 16, "lr": 0.003,
+                                   "min_steps": 0},
                          "unlearn": {"method": method, **FEW_STEPS}})
 
 
@@ -210,6 +213,7 @@ def test_retrain_resets_the_transformers_too(pairs):
 def _ddp_worker(rank: int, port: int, family: str, data: dict) -> None:
     """One of two gloo workers: train, then unlearn, a DDP-wrapped model on its own shard;
     the weights must stay equal across the workers (and have moved)."""
+    torch.set_num_threads(1)  # two workers on two cores (tests/conftest.py: one_torch_thread)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)
     try:
