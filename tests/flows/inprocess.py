@@ -1,4 +1,4 @@
-"""`unlearn ...` run in the test's own process (typer's CliRunner over flows.cli's app).
+"""`unlearn ...` run in the test's own process (typer's CliRunner over flows.ops.cli's app).
 
 Each `unlearn` process spends ~6 s of CPU importing MLflow, Prefect, torch and scikit-learn
 before it does anything; the registry tests call it a dozen times each. In-process, the same
@@ -24,7 +24,7 @@ def unlearn(args: list[str], ws: Path, env: dict[str, str], code: int = 0) -> st
     call); asserts the exit code and returns stdout + stderr."""
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.ops.cli import app
 
     overrides = {k: env.get(k) for k in set(os.environ) | set(env)}
     before = Path.cwd()
