@@ -25,6 +25,7 @@ from components.backdoor import attack_success_rate, target_pattern
 from components.metrics import psnr, ssim
 from components.tasks import TaskSpec, add_trigger, apply_task, build_pairs
 from components.training import per_sample_loss, predict
+from components.verdict import auc_standard_error
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -38,17 +39,6 @@ def mia_auc(forget_losses: torch.Tensor, heldout_losses: torch.Tensor) -> float:
     A lower loss means "member", so the score is -loss. 0.5: no membership signal.
     """
     return _auc(-forget_losses.numpy(), -heldout_losses.numpy())
-
-
-def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUC from its value and the two sample
-    sizes: the sampling error a membership AUC is read with (0.5 ± 2 SE is no signal)."""
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2)
-           + (negatives - 1) * (q2 - auc**2)) / (positives * negatives)
-    return float(max(var, 0.0) ** 0.5)
 
 
 def ood_auroc(forget_losses: torch.Tensor, retain_losses: torch.Tensor) -> float:

@@ -5,8 +5,19 @@ bounds. The promotion gate reads nothing else.
 
 from __future__ import annotations
 
-from components.audits import auc_standard_error
 from components.params import AuditParams
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC from its value and the two sample
+    sizes: the sampling error a membership AUC is read with (0.5 ± 2 SE is no signal)."""
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2)
+           + (negatives - 1) * (q2 - auc**2)) / (positives * negatives)
+    return float(max(var, 0.0) ** 0.5)
+
 
 AUDITS = ("backdoor_asr", "trigger_psnr", "mia_auc", "mia_efficacy", "ood_auroc")
 # a forget set at least this share whole classes must have moved away from the retain set

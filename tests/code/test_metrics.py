@@ -87,7 +87,7 @@ def test_learned_mia_is_stable_where_members_cannot_be_told_apart():
 def test_auc_standard_error_matches_hanley_mcneil():
     """Hanley & McNeil (1982), table 1 style values: AUC 0.5 with 100 + 100 samples has
     SE sqrt((0.25 + 2 * 99 * (1/3 - 1/4)) / 10^4) = 0.0409; more samples, smaller error."""
-    from components.audits import auc_standard_error
+    from components.verdict import auc_standard_error
 
     assert auc_standard_error(0.5, 100, 100) == pytest.approx(0.0409, abs=1e-4)
     assert auc_standard_error(0.5, 5374, 600) < auc_standard_error(0.5, 2, 600)
