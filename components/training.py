@@ -481,7 +481,12 @@ def step_loop(
         unwrap(model).load_state_dict(ctx.resume["model"])
         optimizer.load_state_dict(ctx.resume["optimizer"])
         step, seconds = ctx.resume["step"], ctx.resume["train_seconds"]
-        set_rng_states(ctx.resume["rng"], ctx, generators)
+        states = ctx.resume.get("rng") or []
+        if ctx.rank < len(states):
+            set_rng_states(states, ctx, generators)
+        else:  # written by a version without it, or by fewer workers: resumable all the same
+            ctx.say(f"[{label}] the checkpoint holds no random state for this worker: the "
+                    "resumed run draws differently from one never stopped")
         ctx.say(f"[{label}] resuming after step {step}")
     # replay: skip the index batches the steps before the checkpoint drew, so that the next
     # step draws what an uninterrupted run would (each order has its own generator: skipping

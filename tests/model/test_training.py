@@ -42,6 +42,12 @@ def test_training_reports_each_epoch_and_resumes_where_it_stopped(digit_pairs):
     assert info["epochs"] == 4
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+    # a checkpoint written before it held the random state is resumed all the same, and says so
+    said = []
+    old = {k: v for k, v in reports[1][1].items() if k != "rng"}
+    info = train_model(build_model(params.model, 1, 8), *digit_pairs["train"], params.train,
+                       JobContext(resume=old, log=said.append), seed=0)
+    assert info["epochs"] == 4 and any("holds no random state" in line for line in said)
 
 
 def test_a_resumed_loop_draws_the_random_numbers_an_uninterrupted_one_draws(digit_pairs,
