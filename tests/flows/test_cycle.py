@@ -87,7 +87,7 @@ def test_three_cycles_keep_every_earlier_request_forgotten(workspace):
     assert trained == ["train-original"], trained
     assert all(c["audit_against"] == "none" and c["retrain_seconds"] is None for c in cycles)
     branch_lock = yaml.safe_load(run(["git", "show", "unlearning:dvc.lock"], ws, env))
-    assert branch_lock["stages"]["start"]["deps"][1]["path"] == "ledger/start.json"
+    assert "ledger/start.json" in {d["path"] for d in branch_lock["stages"]["start"]["deps"]}
     log = run(["git", "log", "--format=%s", "unlearning"], ws, env)
     assert log.count("Unlearning cycle") == 3 and "req-0003 -> digits-ae v3" in log
     assert not list((ws / ".cycles").glob("cycle-*/"))  # clones of successful cycles removed
