@@ -9,10 +9,9 @@ Writes reports/benchmark.json (DVC metrics), reports/benchmark.md and reports/be
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import mlflow
 import ray
@@ -28,6 +27,7 @@ from components.metrics import GAP_TERMS
 from components.params import Params, ParamsError, merge_tree, override
 from components.splits import whole_class_share
 from components.verdict import audit_verdict
+from flows.ops.cli import fail
 from flows.runtime.common import (
     REPORT_DIR,
     StageError,
@@ -121,11 +121,13 @@ def benchmark(dataset: str | None = None, data: str | None = None, seeds: list[i
                            **flatten(base.benchmark.scenarios, "scenario.")})
         global _steps
         with progress_bar(out, len(cases)) as _steps:
-            futures = {key: run_benchmark_case.submit(key[0], p, parent.info.run_id,
-                                                      experiment_id)
-                       for key, p in cases.items()}
-            results = {key: f.result() for key, f in futures.items()}
-        _steps = None
+            try:
+                futures = {key: run_benchmark_case.submit(key[0], p, parent.info.run_id,
+                                                          experiment_id)
+                           for key, p in cases.items()}
+                results = {key: f.result() for key, f in futures.items()}
+            finally:
+                _steps = None
         # every case's figures, for readings the summary cannot give (per-seed verdicts)
         write_json(REPORT_DIR / f"{out}_cases.json",
                    {f"{n}/{s}": case for (n, s), case in results.items()})
@@ -225,11 +227,6 @@ def build_report(base: Params, seeds: list[int], names: list[str],
     return report
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(2)
-
-
 def benchmark_command(
     dataset: Annotated[str | None, typer.Option(
         help="data.dataset for every scenario (e.g. cifar10)")] = None,
@@ -252,16 +249,16 @@ def benchmark_command(
         try:
             rebuild(out)
         except (ParamsError, StageError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         return
     try:
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     except ValueError:
-        _fail(f"--seeds takes integers, got {seeds!r}")
+        fail(f"--seeds takes integers, got {seeds!r}")
     try:
         workers = stage_params().benchmark.parallel_jobs
     except ParamsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     flow = benchmark.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
     run_stage(flow, dataset=dataset, data=data, seeds=seed_list, scenarios=_csv(scenarios),
               methods=_csv(methods), out=out)

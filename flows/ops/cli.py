@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from mlflow.exceptions import MlflowException
@@ -63,7 +63,7 @@ REVIEWER_ENV = "UNLEARN_REVIEWER"
 console = Console()
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """One clear line on stderr and a non-zero exit: no traceback for a user mistake."""
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)

@@ -119,7 +119,7 @@ def run_logged(args: list[str], env: dict[str, str], log_file: Path) -> int:
     On failure the log's last lines are shown, and where the rest is."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     console = Console(highlight=False, soft_wrap=True)
-    stage, started, said, tail = None, 0.0, "", deque(maxlen=40)
+    stage, prefix, started, said, tail = None, "", 0.0, "", deque(maxlen=40)
 
     def finish() -> None:
         if stage:
@@ -137,11 +137,12 @@ def run_logged(args: list[str], env: dict[str, str], log_file: Path) -> int:
             if match and match.group(1):
                 finish()
                 stage, started, said = match.group(1), time.perf_counter(), ""
+                prefix = f"[{stage.split('@')[0]}] "  # a foreach stage's flow is `name`
                 status.update(f"{stage} ...")
             elif match:
                 console.print(f"  {match.group(2):<10} unchanged", markup=False)
-            elif stage and line.startswith(f"[{stage.split('@')[0]}]"):
-                said = line.strip()[len(stage.split("@")[0]) + 3:][:90]
+            elif stage and line.startswith(prefix):
+                said = line.strip().removeprefix(prefix.strip()).strip()[:90]
         code = proc.wait()
     if code == 0:
         finish()

@@ -5,48 +5,35 @@ that file reruns nothing and `dvc repro` reports stale results as current."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("components", "flows", "tools")
+from tests.code.import_walk import REPO as ROOT
+from tests.code.import_walk import imported, module_name
+
+# every module of the repository's packages, by name
+FILES = {module_name(p): p for package in ("components", "flows", "tools")
+         for p in (ROOT / package).rglob("*.py")}
 
 
 def module_file(name: str) -> Path | None:
     """The file of a repository module (`components.methods` -> its __init__.py), else None."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return FILES.get(name)
 
 
 def imported_files(path: Path) -> set[Path]:
     """The repository files `path` imports directly (a package's __init__ included)."""
-    text = path.read_text()
     found = set()
-    if path.name == "__init__.py" and "pkgutil.iter_modules(__path__)" in text:
+    if path.name == "__init__.py" and "pkgutil.iter_modules(__path__)" in path.read_text():
         # a package that imports every module it holds (components/methods: the registry)
         found |= set(path.parent.glob("*.py")) - {path}
-    for node in ast.walk(ast.parse(text, str(path))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pkg import mod` may name a submodule as well as an attribute
-            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-        for name in names:
-            parts = name.split(".")
-            # importing a.b.c runs a/__init__.py and a/b/__init__.py first
-            for i in range(1, len(parts) + 1):
-                file = module_file(".".join(parts[:i]))
-                if file is not None:
-                    found.add(file)
+    for name in imported(path, set(FILES)):
+        parts = name.split(".")
+        # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+        found |= {FILES[prefix] for i in range(1, len(parts) + 1)
+                  if (prefix := ".".join(parts[:i])) in FILES}
     return found
 
 

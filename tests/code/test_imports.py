@@ -5,37 +5,12 @@ to the first call. Imports under `if TYPE_CHECKING:` count too (none is needed t
 cycle today); a cycle found here is named module by module.
 """
 
-import ast
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.code.import_walk import REPO, imported, module_name
+
 PACKAGE = REPO / "components"
 # the runtime pieces: components/ is the library the flows and jobs call, never the reverse
 RUNTIME = ("prefect", "mlflow", "ray", "flows")
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported(path: Path, modules: set[str]) -> set[str]:
-    """Every module `path` imports, by absolute name (relative imports resolved)."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(
-        ".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            out.add(base)
-            # `from components.methods import finetune` imports a submodule
-            out.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules)
-    return out
 
 
 def import_graph() -> dict[str, set[str]]:
