@@ -143,6 +143,34 @@ def deep_update(base: dict, new: dict) -> dict:
     return base
 
 
+def stage_env(env_extra: dict[str, str]) -> dict[str, str]:
+    """The environment a workspace's commands run in: this one, quiet, the venv's commands
+    first, pointed at services by env_extra."""
+    env = {**os.environ, **QUIET_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own mlflow.db unless env_extra says
+    env.update(env_extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stage_runner_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runner") / "runner.log"
+
+
+@pytest.fixture(scope="session")
+def stage_runner(prefect_api, stage_runner_log) -> dict[str, str]:
+    """One warm stage runner (flows/runtime/warm.py) for the session's workspaces, as
+    `python -m flows.stack` gives `make demo`: the ~30 stage processes of the default suite
+    each skip the 4-6 s of importing torch, Ray, Prefect and MLflow. A stage whose workspace
+    code or environment differs from the runner's runs cold, as without it."""
+    from flows.runtime.warm import stage_runner as start
+
+    env = stage_env({"PREFECT_API_URL": prefect_api})  # RAY_ADDRESS is read when used
+    with start(env, stage_runner_log, root=REPO) as runner:
+        assert runner, f"the stage runner did not start: {stage_runner_log.read_text()[-2000:]}"
+        yield runner
+
+
 def make_workspace(root: Path, env_extra: dict[str, str],
                    params_update: dict | None = None) -> tuple[Path, dict[str, str]]:
     """A fresh git + DVC copy of the project with tiny digits params, and the env to run it.
@@ -177,9 +205,7 @@ def make_workspace(root: Path, env_extra: dict[str, str],
     policy = yaml.safe_load((REPO / "policy.yaml").read_text())
     policy = deep_update(policy, {k: v for k, v in params["audit"].items() if k in policy})
     (ws / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
-    env = {**os.environ, **QUIET_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own mlflow.db unless env_extra says
-    env.update(env_extra)
+    env = stage_env(env_extra)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=ws, check=True, env=env)
@@ -187,16 +213,17 @@ def make_workspace(root: Path, env_extra: dict[str, str],
 
 
 @pytest.fixture
-def workspace(tmp_path, ray_address, prefect_api) -> tuple[Path, dict[str, str]]:
+def workspace(tmp_path, ray_address, prefect_api, stage_runner) -> tuple[Path, dict[str, str]]:
     """A fresh git + DVC copy of the project with tiny digits params, and the env to run it."""
-    return make_workspace(tmp_path, {"RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api})
+    return make_workspace(tmp_path, {"RAY_ADDRESS": ray_address, "PREFECT_API_URL": prefect_api,
+                                     **stage_runner})
 
 
 @pytest.fixture
-def registry_workspace(tmp_path, prefect_api) -> tuple[Path, dict[str, str]]:
+def registry_workspace(tmp_path, prefect_api, stage_runner) -> tuple[Path, dict[str, str]]:
     """The same workspace without Ray, for tests that write the stages' outputs themselves
     and run only stages that start no Ray job (prepare, register) and the `unlearn` CLI."""
-    return make_workspace(tmp_path, {"PREFECT_API_URL": prefect_api})
+    return make_workspace(tmp_path, {"PREFECT_API_URL": prefect_api, **stage_runner})
 
 
 @contextmanager

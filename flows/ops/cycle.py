@@ -45,7 +45,7 @@ from components.verdict import audit_verdict
 from flows.ops.gate import champion_problems
 from flows.runtime.common import StageError, stage_flow, stage_params
 from flows.runtime.scores import CACHE_ENV
-from flows.runtime.stack import flow_api_env
+from flows.runtime.stack import flow_api_env, warm_stages
 from flows.runtime.tracking import (
     PARENT_ENV,
     client,
@@ -119,6 +119,14 @@ def start_spec(params: Params) -> dict[str, Any]:
     covers = request_ids(champ.tags.get("requests"))
     return {"from": "champion", "version": int(champ.version), "run_id": champ.run_id,
             "requests": covers}
+
+
+def repro(args: list[str], ws: Path, env: dict[str, str], log: Path) -> None:
+    """`dvc repro <args>` in the clone, its stages pointed at this flow's Prefect API and
+    handed to a warm stage runner (flows/runtime/warm.py: ~4-6 s of imports less a stage)."""
+    env = {**env, **flow_api_env()}
+    with warm_stages(env) as runner:
+        sh(["dvc", "repro", *args], ws, {**env, **runner}, log)
 
 
 def clone_env(root: Path) -> dict[str, str]:
@@ -243,7 +251,7 @@ def calibration(root: str = ".") -> dict:
         set_param(ws / "params.yaml", "audit.reference", "retrained")
         sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
         try:
-            sh(["dvc", "repro", "evaluate"], ws, {**env, **flow_api_env()}, log)
+            repro(["evaluate"], ws, env, log)
         finally:
             end_pipeline_run(parent)
         audit = json.loads((ws / "reports/audit.json").read_text())
@@ -316,7 +324,7 @@ def _run(params: Params, root: Path, workdir: Path, todo: list[str]) -> dict:
               + (f" v{spec['version']}" if spec["from"] == "champion" else ""))
         sh(["dvc", "pull", "--allow-missing", "-q"], ws, env, log)
         t["pull"] = time.perf_counter() - t0 - sum(t.values())
-        sh(["dvc", "repro"], ws, {**env, **flow_api_env()}, log)
+        repro([], ws, env, log)
         t["repro"] = time.perf_counter() - t0 - sum(t.values())
         registered = json.loads((ws / "reports/registered.json").read_text())
         version = registered["version"]

@@ -35,7 +35,10 @@ import typer
 from prefect.context import FlowRunContext
 from rich.console import Console
 
+from flows.runtime.warm import SOCKET_ENV, stage_runner
+
 LOG_FILE = Path(".prefect/server.log")
+RUNNER_LOG = Path(".prefect/runner.log")
 # the first start on a fresh machine creates the server's database (~20 s here, measured)
 START_TIMEOUT_S = 180.0
 
@@ -96,6 +99,18 @@ def prefect_server(log_file: Path = LOG_FILE) -> Iterator[dict[str, str]]:
         yield {"PREFECT_API_URL": url}
     finally:
         _stop(proc)
+
+
+@contextmanager
+def warm_stages(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A warm stage runner (flows/runtime/warm.py) for the block's stages, started with the
+    environment they will run in; yields what hands them to it ({} when UNLEARN_STAGE_RUNNER
+    is already set, to an outer runner's socket or, empty, to say: every stage cold)."""
+    if SOCKET_ENV in os.environ:
+        yield {}
+        return
+    with stage_runner(env, RUNNER_LOG) as runner:
+        yield runner
 
 
 def flow_api_env() -> dict[str, str]:
@@ -167,10 +182,13 @@ def run(ctx: typer.Context,
         print("usage: python -m flows.stack [--log FILE] <command> [args...]", file=sys.stderr)
         raise typer.Exit(2)
     t0 = time.perf_counter()
-    with prefect_server() as env:
+    with prefect_server() as env, warm_stages({**os.environ, **env}) as runner:
         if env:
             print(f"[stack] Prefect server at {env['PREFECT_API_URL']} "
                   f"(up in {time.perf_counter() - t0:.1f} s, log {LOG_FILE})", flush=True)
+        if runner:
+            print(f"[stack] warm stage runner (log {RUNNER_LOG})", flush=True)
+        env = {**env, **runner}
         try:
             if log:
                 print(f"[stack] the command's output: {log}", flush=True)

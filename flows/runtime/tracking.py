@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from components.params import Params
 from components.review import pick
+from flows.runtime.warm import STAGE_PID_ENV
 
 PARENT_ENV = "UNLEARN_PARENT_RUN_ID"
 PIPELINE_TAG = "pipeline.id"  # the cycle id or `repro-<time>`, on the parent and its stages
@@ -76,8 +77,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def dvc_process_key() -> str | None:
     """host:pid:start-time of the `dvc` process this stage runs under (None: not under DVC,
-    or no /proc to tell). The start time keeps a reused pid from joining an old parent."""
-    pid = os.getppid()
+    or no /proc to tell). The start time keeps a reused pid from joining an old parent. A stage
+    forked by the warm stage runner starts the walk at the process DVC started for it."""
+    pid = int(os.environ.get(STAGE_PID_ENV) or os.getpid())
     for _ in range(10):  # dvc -> shell -> python; a few more levels for wrappers
         if pid <= 1:
             return None

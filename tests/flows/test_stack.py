@@ -1,5 +1,5 @@
-"""`python -m flows.stack <command>`: one Prefect server for every stage of a command, gone
-after it; a server the user already runs is used as it is."""
+"""`python -m flows.stack <command>`: one Prefect server and one warm stage runner for every
+stage of a command, both gone after it; a server the user already runs is used as it is."""
 
 import os
 import subprocess
@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import QUIET_ENV, REPO
 
 PRINT_URL = [sys.executable, "-c",
-             "import os, sys; print(os.environ.get('PREFECT_API_URL')); sys.exit(3)"]
+             "import os, sys; print(os.environ.get('UNLEARN_STAGE_RUNNER'));"
+             "print(os.environ.get('PREFECT_API_URL')); sys.exit(3)"]
+NO_RUNNER = {"UNLEARN_STAGE_RUNNER": ""}  # the tests of the Prefect server alone
 
 
 def stack(args, env, cwd):
@@ -24,18 +26,19 @@ def test_a_command_gets_one_server_that_stops_with_it(tmp_path):
                              "PYTHONPATH": str(REPO)}.items() if k != "PREFECT_API_URL"}
     proc = stack(PRINT_URL, env, tmp_path)
     assert proc.returncode == 3, proc.stderr[-2000:]  # the command's own exit code
-    url = proc.stdout.strip().splitlines()[-1]
+    runner, url = proc.stdout.strip().splitlines()[-2:]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/api"), proc.stdout
     with pytest.raises(OSError):  # stopped with the command
         urllib.request.urlopen(f"{url}/health", timeout=2)
     assert (tmp_path / ".prefect/server.log").exists()
+    assert runner.endswith(".sock") and not os.path.exists(runner), proc.stdout  # gone too
 
 
 def test_a_configured_server_is_used_as_it_is(tmp_path):
-    env = {**os.environ, **QUIET_ENV, "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    env = {**os.environ, **QUIET_ENV, **NO_RUNNER, "PREFECT_API_URL": "http://127.0.0.1:9/api",
            "PYTHONPATH": str(REPO)}
     proc = stack(PRINT_URL, env, tmp_path)
-    assert proc.returncode == 3 and proc.stdout.strip() == "http://127.0.0.1:9/api"
+    assert proc.returncode == 3 and proc.stdout.splitlines() == ["", "http://127.0.0.1:9/api"]
     assert not (tmp_path / ".prefect").exists()  # nothing started
     assert stack([], env, tmp_path).returncode == 2
     missing = stack(["no-such-command"], env, tmp_path)
@@ -58,7 +61,7 @@ sys.exit(int(sys.argv[1]))
 
 
 def test_a_logged_run_shows_one_line_per_stage_and_keeps_the_rest_in_its_log(tmp_path):
-    env = {**os.environ, **QUIET_ENV, "PREFECT_API_URL": "http://127.0.0.1:9/api",
+    env = {**os.environ, **QUIET_ENV, **NO_RUNNER, "PREFECT_API_URL": "http://127.0.0.1:9/api",
            "PYTHONPATH": str(REPO)}
     log = tmp_path / "logs" / "demo.log"
     proc = stack(["--log", str(log), *FAKE_REPRO, "0"], env, tmp_path)

@@ -7,8 +7,11 @@ import yaml
 from mlflow import MlflowClient
 
 
-def run_stage(ws, env, stage):
-    return subprocess.run(["python", "-m", f"flows.{stage}"], cwd=ws, env=env,
+def run_stage(ws, env, stage, module=False):
+    """The stage as DVC runs it (`python -m flows <stage>`, through the session's warm stage
+    runner), or, module=True, as a user may (`python -m flows.<stage>`, its own process)."""
+    args = [f"flows.{stage}"] if module else ["flows", stage]
+    return subprocess.run(["python", "-m", *args], cwd=ws, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -52,7 +55,7 @@ def test_prepare_refuses_bad_input_cleanly(workspace, change, message):
 
 def test_stage_before_its_inputs_says_what_to_run(workspace):
     ws, env = workspace
-    proc = run_stage(ws, env, "decouple")
+    proc = run_stage(ws, env, "decouple", module=True)
     assert proc.returncode == 2
     assert "split manifest missing" in proc.stderr and "run the prepare stage" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
