@@ -1,6 +1,6 @@
 """docs/extending.md, walked: its method blocks, applied as written to a copy of components/,
 register a method that validates as `unlearn.method` and runs through the registry; and
-dvc.yaml's decouple stage tracks every method's block."""
+dvc.yaml's decouple stage tracks the chosen method's block, a new one's included, with no edit."""
 
 import re
 import shutil
@@ -109,15 +109,31 @@ def test_the_docs_method_registers_validates_and_runs(tmp_path):
     assert run.returncode == 0 and "walked" in run.stdout, run.stderr[-3000:]
 
 
-def test_the_decouple_stage_tracks_every_methods_block():
-    """DVC reruns a stage when a params key it lists changes: a method block missing here
-    would leave a retuned method's models stale. unlearn.finetune is the finetune stage's."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    listed = set(stages["decouple"]["params"])
-    wanted = {f"unlearn.{name}" for name in method_names() if name != "finetune"}
-    assert not wanted - listed, f"dvc.yaml's decouple stage must list {sorted(wanted - listed)}"
-    assert "unlearn" not in listed and "unlearn.finetune" not in listed
-    assert "unlearn.finetune" in stages["finetune"]["params"]
+@pytest.mark.parametrize("method", [*method_names(), "shrink_perturb"])
+def test_the_decouple_stage_tracks_the_chosen_methods_blocks(tmp_path, monkeypatch, method):
+    """DVC reruns a stage when a params key it lists changes. The decouple stage lists the
+    chosen method's block through DVC's templating (`unlearn.${unlearn.method}`), and the
+    blocks a method reads besides its own (components/review.py EXTRA_BLOCKS), resolved here
+    by DVC itself; unlearn.finetune is the finetune stage's (and the finetune baseline's)."""
+    from dvc.repo import Repo
+
+    from components.review import EXTRA_BLOCKS
+
+    Repo.init(tmp_path, no_scm=True).close()
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["unlearn"] = {**params["unlearn"], "method": method, method: {"any": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)  # DVC finds a stage by name in the working directory
+    with Repo(tmp_path) as repo:
+        listed = {k for stage in repo.stage.collect("decouple") for dep in stage.deps
+                  if hasattr(dep, "params") for k in dep.params}
+        retention = {k for stage in repo.stage.collect("finetune") for dep in stage.deps
+                     if hasattr(dep, "params") for k in dep.params}
+    assert {"unlearn.method", f"unlearn.{method}", *EXTRA_BLOCKS.get(method, ())} <= listed
+    assert "unlearn" not in listed
+    assert ("unlearn.finetune" in listed) == (method == "finetune")
+    assert "unlearn.finetune" in retention
 
 
 def test_registering_needs_a_settings_block_and_a_free_name():
