@@ -93,17 +93,17 @@ def test_gate_refuses_out_of_order_loose_moved_and_edited_versions(registry_work
     # nothing
     stage_outputs(ws, 0, AuditParams())
     model_file(ws, "unlearned", 1)
-    out = run(["python", "-m", "flows.register"], ws, env, code=2)
+    out = run(["python", "-m", "flows", "register"], ws, env, code=2)
     assert "refusing to register: models/unlearned.pt (sha256" in out
     assert "is not the model reports/audit.json judged" in out and "Traceback" not in out
     assert client.search_model_versions(f"name='{NAME}'") == []
 
     # in order: v1 under the policy's tolerances, v2 under looser ones
     sha1 = stage_outputs(ws, 0, AuditParams())
-    run(["python", "-m", "flows.register"], ws, env)
+    run(["python", "-m", "flows", "register"], ws, env)
     loose = AuditParams.model_validate({"tolerance": {"mia_auc": 0.3}})
     sha2 = stage_outputs(ws, 1, loose)
-    run(["python", "-m", "flows.register"], ws, env)
+    run(["python", "-m", "flows", "register"], ws, env)
     v1, v2 = (client.get_model_version(NAME, v) for v in ("1", "2"))
     assert (v1.tags["artifact.sha256"], v2.tags["artifact.sha256"]) == (sha1, sha2)
     assert v1.tags["certificate.covers"] == "none" and v1.tags["certificate.epsilon"] == "inf"

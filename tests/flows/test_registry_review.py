@@ -54,7 +54,7 @@ def test_a_version_answers_the_reviewer_from_mlflow_alone(registry_workspace):
     ws, env = registry_workspace
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     sha = stage_outputs(ws, 0)
-    out = dvc(ws, env, "python -m flows.prepare", "python -m flows.register")
+    out = dvc(ws, env, "python -m flows prepare", "python -m flows register")
     assert "digits-ae v1 is now 'candidate': class 3 (3) of digits" in out
     summary = json.loads((ws / "data/splits/summary.json").read_text())
     v1 = client.get_model_version(NAME, "1")
@@ -147,7 +147,7 @@ def test_a_version_answers_the_reviewer_from_mlflow_alone(registry_workspace):
 
     # MLflow's own alias controls bypass the gate: review still flags it
     stage_outputs(ws, 1)
-    dvc(ws, env, "python -m flows.register")
+    dvc(ws, env, "python -m flows register")
     client.set_registered_model_alias(NAME, "champion", "2")
     flagged = review(ws, env)["champion"]
     assert flagged["version"] == 2 and "outside `unlearn promote`" in \
@@ -161,15 +161,15 @@ def test_the_derived_name_refuses_another_model_line(registry_workspace):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     stage_outputs(ws, 0)
-    run(["python", "-m", "flows.prepare"], ws, env)
-    run(["python", "-m", "flows.register"], ws, env)  # alone: no parent run
+    run(["python", "-m", "flows", "prepare"], ws, env)
+    run(["python", "-m", "flows", "register"], ws, env)  # alone: no parent run
     assert client.get_model_version("digits-ae", "1").tags["model.shape"] == "1x8x8"
     stage_outputs(ws, 1, side=16)
-    out = run(["python", "-m", "flows.register"], ws, env, code=2)
+    out = run(["python", "-m", "flows", "register"], ws, env, code=2)
     assert "refusing to register this ae/reconstruction 1x16x16 model as a version of " \
            "'digits-ae', which holds another model line (shape 1x8x8 (v1) vs 1x16x16)" in out
     assert len(client.search_model_versions("name='digits-ae'")) == 1
     params["mlflow"]["model_name"] = "digits-ae"  # named: the user's call
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["python", "-m", "flows.register"], ws, env)
+    run(["python", "-m", "flows", "register"], ws, env)
     assert client.get_model_version("digits-ae", "2").tags["model.shape"] == "1x16x16"
