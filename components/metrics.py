@@ -11,6 +11,7 @@ data (components/classifier.py), and FID on TF-Inception features when asked for
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,6 +120,28 @@ def make_judge(train_images: np.ndarray, train_labels: np.ndarray, classes: int,
         name: feature_stats(inception_features(t[: cfg.fid_max_samples], inception, device))
         for name, t in targets.items()}
     return Judge(classifier, tuple(targets), reference, cfg.fid_max_samples)
+
+
+def save_judge(judge: Judge, path: Path) -> None:
+    """Write a judge as tensors and plain values, which load_judge reads back with
+    `torch.load(weights_only=True)`: the same judge, bit for bit."""
+    c = judge.classifier
+    reference = None if judge.fid_reference is None else {
+        name: [torch.from_numpy(mean), torch.from_numpy(cov)]
+        for name, (mean, cov) in judge.fid_reference.items()}
+    torch.save({"classifier": {"state": c.state, "channels": c.channels, "classes": c.classes,
+                               "width": c.width, "train_accuracy": c.train_accuracy},
+                "sets": list(judge.sets), "fid_reference": reference,
+                "fid_max_samples": judge.fid_max_samples}, path)
+
+
+def load_judge(path: Path) -> Judge:
+    """The judge save_judge wrote."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    reference = None if blob["fid_reference"] is None else {
+        name: (mean.numpy(), cov.numpy()) for name, (mean, cov) in blob["fid_reference"].items()}
+    return Judge(Classifier(**blob["classifier"]), tuple(blob["sets"]), reference,
+                 blob["fid_max_samples"])
 
 
 def quality_metrics(model: torch.nn.Module, data: dict[str, tuple[torch.Tensor, torch.Tensor]],

@@ -13,7 +13,7 @@ import torch
 
 from components.audits import eval_pairs
 from components.data import ImageSet
-from components.metrics import make_judge, quality_metrics, retrain_gap
+from components.metrics import load_judge, make_judge, quality_metrics, retrain_gap, save_judge
 from components.splits import Split, file_sha256
 from flows.audit import MODELS
 from flows.ops.summary import print_summary
@@ -35,7 +35,7 @@ from flows.runtime.common import (
     write_json,
 )
 from flows.runtime.jobs import map_models
-from flows.runtime.scores import kept_line, scored, stage_key
+from flows.runtime.scores import kept, kept_line, scored, stage_key
 from flows.runtime.tracking import log_figures, stage_run
 
 # the params it reads (logged on its run)
@@ -81,9 +81,16 @@ def evaluate() -> dict:
     classes = max(len(sets["train"].class_names), int(labels.max()) + 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    key = stage_key("evaluate", params, KEYS, summary["hashes"])
+    judge_kept = []
+
     def score(names: list[str]) -> dict[str, dict]:
-        judge = make_judge(images, labels, classes, {s: data[s][1] for s in JUDGED_SETS},
-                           params.evaluate, params.seed, device)
+        # the judge depends on the key's inputs alone: kept, it is not trained again when only
+        # a model changed
+        judge, was_kept = kept(key, JUDGE, lambda: make_judge(
+            images, labels, classes, {s: data[s][1] for s in JUDGED_SETS}, params.evaluate,
+            params.seed, device), save_judge, load_judge)
+        judge_kept.append(was_kept)
         # map_models calls fn(model, *shared, device): the judge goes in by keyword
         out = map_models(functools.partial(quality_metrics, judge=judge),
                          {n: blobs[n] for n in names if n != JUDGE}, (data,), params)
@@ -93,9 +100,9 @@ def evaluate() -> dict:
     with stage_run("evaluate", params, KEYS, {"forget_split_hash": summary["hashes"]["forget"]},
                    splits=summary):
         # the judge is trained again only when some model is scored again
-        quality, fresh = scored(stage_key("evaluate", params, KEYS, summary["hashes"]),
-                                {**hashes, JUDGE: JUDGE}, score)
-        print(kept_line("evaluate", models, fresh))
+        quality, fresh = scored(key, {**hashes, JUDGE: JUDGE}, score)
+        print(kept_line("evaluate", models, fresh)
+              + ("; kept the domain classifier" if judge_kept == [True] else ""))
         blocks = {m: {**quality[m], **audit[m]} for m in models}
         for m in models:  # without a reference there is no gap to it (null in the JSON)
             blocks[m]["retrain_gap"] = retrain_gap(blocks[m], blocks["retrained"]) \

@@ -19,13 +19,14 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from components.params import Params
 from flows.runtime.tracking import pick
 
+T = TypeVar("T")
 # UNLEARN_SCORE_CACHE: a deletion cycle keeps them in its workspace, not in its short-lived clone
 CACHE_ENV = "UNLEARN_SCORE_CACHE"
 # the code a model's figures come from: any edit under it scores every model again
@@ -60,7 +61,7 @@ def scored(key: str, hashes: dict[str, str], score: Callable[[list[str]], dict[s
         score: names -> {name: figures} for at least those names.
         cache: where entries live (default: $UNLEARN_SCORE_CACHE, else .cache/scores).
     """
-    cache = cache or Path(os.environ.get(CACHE_ENV, ".cache/scores"))
+    cache = _cache_dir(cache)
     files = {name: cache / f"{key[:32]}-{sha[:32]}.json" for name, sha in hashes.items()}
     results = {name: json.loads(f.read_text()) for name, f in files.items() if f.exists()}
     todo = [name for name in hashes if name not in results]
@@ -73,6 +74,26 @@ def scored(key: str, hashes: dict[str, str], score: Callable[[list[str]], dict[s
             tmp.replace(files[name])  # whole or absent, never half-written
         results.update(fresh)
     return {name: results[name] for name in hashes}, todo
+
+
+def kept(key: str, name: str, build: Callable[[], T], save: Callable[[T, Path], None],
+         load: Callable[[Path], T], cache: Path | None = None) -> tuple[T, bool]:
+    """Something a stage builds from what `key` holds alone, not from any model (evaluate's
+    domain classifier: 7 s of CPU here): read back when kept under this key, else built and
+    kept. Returns (it, whether it was kept)."""
+    path = _cache_dir(cache) / f"{key[:32]}-{name}.pt"
+    if path.exists():
+        return load(path), True
+    made = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save(made, tmp)
+    tmp.replace(path)  # whole or absent, never half-written
+    return made, False
+
+
+def _cache_dir(cache: Path | None) -> Path:
+    return cache or Path(os.environ.get(CACHE_ENV, ".cache/scores"))
 
 
 def kept_line(stage: str, names: list[str], fresh: list[str]) -> str:

@@ -36,11 +36,13 @@ import hashlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +80,7 @@ def code_digest(root: Path) -> str:
 
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
+    """The variables of `env` that a library may read when imported (IMPORT_TIME_ENV)."""
     return {k: v for k, v in env.items()
             if k.startswith(IMPORT_TIME_ENV) and k not in CALL_TIME_ENV}
 
@@ -115,7 +118,10 @@ def run_stage(stage: str, args: list[str]) -> int | None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     line = reader.readline()
-    code = json.loads(line)["exit"] if line else 1
+    if not line:  # the runner was stopped mid-stage (it stops its stages with it)
+        print(f"[runner] the stage runner stopped while {stage} ran", file=sys.stderr, flush=True)
+        return 1
+    code = json.loads(line)["exit"]
     if code < 0:  # killed by a signal: end the same way, for DVC and shells to see
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
@@ -124,6 +130,11 @@ def run_stage(stage: str, args: list[str]) -> int | None:
 
 
 # --- the server --------------------------------------------------------------------------
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]  # pid, uid, gid
+
 
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
     conn.settimeout(10)
@@ -210,6 +221,9 @@ def serve(path: str) -> dict:
             for key, _ in selector.select(timeout=0.2):
                 if key.fileobj is listener:
                     conn, _addr = listener.accept()
+                    if _peer_uid(conn) != os.getuid():  # the folder's 0700 should stop them
+                        conn.close()
+                        continue
                     try:
                         request, fds = _recv_request(conn)
                     except (OSError, ValueError):
@@ -282,8 +296,10 @@ def stage_runner(env: dict[str, str], log_file: Path,
     """A warm runner for the duration of the block, started with `env` in `root` (the code it
     imports; default: the current directory); yields the environment that hands child
     commands' stages to it ({} if it could not start: every stage then runs cold)."""
-    folder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
-    path = str(folder / f"unlearn-stages-{os.getpid()}-{time.monotonic_ns()}.sock")
+    # a folder only this user can enter: no one else can connect (the runner runs what it is
+    # sent, as this user), and the socket is there before anyone could try
+    folder = Path(tempfile.mkdtemp(prefix="unlearn-stages-", dir=os.environ.get("XDG_RUNTIME_DIR")))
+    path = str(folder / "runner.sock")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "flows.runtime.warm", path], env=env,
@@ -302,8 +318,7 @@ def stage_runner(env: dict[str, str], log_file: Path,
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:

@@ -48,3 +48,38 @@ def test_the_key_moves_with_params_splits_seed_and_code(monkeypatch, tmp_path):
     edited = stage_key("audit", parse_params({}), ("audit",), SPLITS)
     (code / "metrics.py").write_text("X = 2\n")
     assert stage_key("audit", parse_params({}), ("audit",), SPLITS) != edited != base
+
+
+def test_a_kept_domain_classifier_judges_as_the_one_trained(tmp_path):
+    """evaluate keeps its judge under the stage's key: read back, it gives the same figures,
+    and it is trained once."""
+    import numpy as np
+    import torch
+
+    from components.metrics import Judge, load_judge, make_judge, quality_metrics, save_judge
+    from components.models import build_model
+    from flows.runtime.scores import kept
+
+    params = parse_params({"model": {"ae": {"widths": [4, 8], "latent_dim": 8}}})
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (64, 1, 8, 8), dtype=np.uint8), np.arange(64) % 4
+    targets = {s: torch.rand(16, 1, 8, 8) for s in ("forget", "retain")}
+    cpu, trained = torch.device("cpu"), []
+
+    def build():
+        trained.append(1)
+        return make_judge(images, labels, 4, targets, params.evaluate, 0, cpu)
+
+    key = stage_key("evaluate", params, ("evaluate",), SPLITS)
+    first, was_kept = kept(key, "judge", build, save_judge, load_judge, tmp_path)
+    again, kept_now = kept(key, "judge", build, save_judge, load_judge, tmp_path)
+    assert (was_kept, kept_now, len(trained)) == (False, True, 1)
+    model, data = build_model(params.model, 1, 8), {s: (t, t) for s, t in targets.items()}
+    assert quality_metrics(model, data, cpu, judge=again) == \
+        quality_metrics(model, data, cpu, judge=first)
+
+    with_fid = Judge(first.classifier, first.sets, {"forget": (np.arange(3.0), np.eye(3))}, 7)
+    save_judge(with_fid, tmp_path / "fid.pt")
+    back = load_judge(tmp_path / "fid.pt")
+    assert back.fid_max_samples == 7 and back.sets == first.sets
+    assert np.array_equal(back.fid_reference["forget"][1], np.eye(3))

@@ -114,6 +114,9 @@ def test_pipeline_end_to_end_then_noop_then_retune(workspace):
                "-S", "unlearn.finetune.keep_decoupled=0"], ws, env)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
     assert ran == {"finetune", "audit", "evaluate", "register"}, out[-3000:]
+    # only the unlearned model changed: the others' figures and the judge are kept
+    assert "[evaluate] scored unlearned; kept the figures of original, decoupled, retrained " \
+           "(unchanged files); kept the domain classifier" in out
     params = yaml.safe_load((ws / "params.yaml").read_text())
     assert params["forget"]["classes"] == [3]
     assert params["unlearn"]["finetune"]["keep_decoupled"] == 0

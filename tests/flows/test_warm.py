@@ -6,6 +6,7 @@ the runner: tests/flows/test_stage_errors.py; killed clients: tests/faults/test_
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from flows.runtime.warm import code_digest, import_time_env, why_cold
 from tests.conftest import REPO
@@ -67,3 +68,9 @@ def test_an_unknown_stage_is_one_line():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("usage: python -m flows <stage>"), proc.stderr
+
+
+def test_only_this_user_can_reach_the_runner(stage_runner):
+    socket_file = Path(stage_runner["UNLEARN_STAGE_RUNNER"])
+    assert socket_file.is_socket()
+    assert socket_file.parent.stat().st_mode & 0o777 == 0o700  # and it checks the peer's uid
