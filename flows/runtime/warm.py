@@ -24,9 +24,9 @@ the stage itself (`cold`), as without a runner:
 If the client dies (DVC killed), the stage's process group is killed with it, as it would be
 had the stage been the client's child.
 
-Started by `python -m flows.stack` (make demo, the deletion cycle) and by the test suite's
-session fixture; `UNLEARN_STAGE_RUNNER` names its socket. Nothing here is needed: without it
-every stage runs cold, exactly as before.
+Started by `python -m flows.stack` (make demo), by a deletion cycle for its `dvc repro`, and
+by the test suite's session fixture; `UNLEARN_STAGE_RUNNER` names its socket (set empty: no
+runner). Nothing here is needed: without it every stage runs cold, exactly as before.
 """
 
 from __future__ import annotations
