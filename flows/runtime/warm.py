@@ -203,13 +203,16 @@ def serve(path: str) -> dict:
     before = dict(os.environ)
     import importlib
 
-    for module in (*(f"flows.{stage}" for stage in STAGES), *PRELOAD):
-        importlib.import_module(module)
+    for stage in STAGES:
+        importlib.import_module(f"flows.{stage}")
     digest = code_digest(root)
     env = import_time_env(before)  # what a client must match (flows/__init__'s defaults in)
     # what the imports set for themselves (e.g. Ray's RAY_CLIENT_MODE), as in a fresh process
     set_by_imports = {k: v for k, v in os.environ.items() if k not in before}
     print(f"[runner] ready in {time.perf_counter() - t0:.1f} s on {path}", flush=True)
+    # PRELOAD while idle, after the first stages may already have come (~1.5-2 s of 7.5 s
+    # here): a stage forked before one of them imports it itself, as a fresh process would
+    preload = list(PRELOAD)
 
     server_pid = os.getpid()
     running: dict[int, socket.socket] = {}  # child pid -> its client's connection
@@ -218,7 +221,11 @@ def serve(path: str) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
-            for key, _ in selector.select(timeout=0.2):
+            events = selector.select(timeout=0 if preload else 0.2)
+            if not events and preload:
+                importlib.import_module(preload.pop(0))
+                set_by_imports = {k: v for k, v in os.environ.items() if k not in before}
+            for key, _ in events:
                 if key.fileobj is listener:
                     conn, _addr = listener.accept()
                     if _peer_uid(conn) != os.getuid():  # the folder's 0700 should stop them
