@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import typer
 from prefect.context import FlowRunContext
 from rich.console import Console
 
-from flows.runtime.warm import SOCKET_ENV, stage_runner
+from flows.runtime.warm import SOCKET_ENV, stage_runner, stop_group
 
 LOG_FILE = Path(".prefect/server.log")
 RUNNER_LOG = Path(".prefect/runner.log")
@@ -55,18 +54,6 @@ def _healthy(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and whatever it started (its own process group)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def planned_api() -> dict[str, str]:
@@ -108,7 +95,7 @@ def prefect_server(planned: dict[str, str],
             return
         yield {"PREFECT_API_URL": url}
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 @contextmanager
