@@ -25,20 +25,19 @@ import torch
 
 from components.params import Params
 from flows.runtime.tracking import pick
+from flows.runtime.warm import code_digest
 
 T = TypeVar("T")
 # UNLEARN_SCORE_CACHE: a deletion cycle keeps them in its workspace, not in its short-lived clone
 CACHE_ENV = "UNLEARN_SCORE_CACHE"
 # the code a model's figures come from: any edit under it scores every model again
-CODE_ROOTS = (Path(__file__).resolve().parents[1] / "components",)
+CODE_ROOTS = (Path(__file__).resolve().parents[2] / "components",)
 
 
 def _code_digest() -> str:
     h = hashlib.sha256(torch.__version__.encode())
     for root in CODE_ROOTS:
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
+        h.update(code_digest(root.parent, (root.name,)).encode())
     return h.hexdigest()
 
 

@@ -1,6 +1,7 @@
-"""A warm local stack for a run of many stage processes: one Prefect server, started once.
+"""A warm local stack for a run of many stage processes: one Prefect server and one warm stage
+runner (flows/runtime/warm.py), started once, side by side.
 
-Every stage is its own process (DVC runs `python -m flows.<stage>`). With nothing configured,
+Every stage is its own command (DVC runs `python -m flows <stage>`). With nothing configured,
 Prefect starts a temporary API server in each of them and stops it at the end: 4-10 s per
 stage here (reports/perf.md: 6.7 s), ~1 min of a `dvc repro`. A server started once for the
 whole run costs that once (3.5 s here) and each stage's first flow then takes ~1 s. Used by
@@ -174,7 +175,8 @@ def run(ctx: typer.Context,
         log: Annotated[Path | None, typer.Option(
             help="keep the command's output in this file and print one line per DVC stage "
                  "(put it before the command)")] = None) -> None:
-    """Run a command (e.g. `dvc repro`) with one Prefect server for all its stages."""
+    """Run a command (e.g. `dvc repro`) with one Prefect server and one warm stage runner for
+    all its stages."""
     if not ctx.args:
         print("usage: python -m flows.stack [--log FILE] <command> [args...]", file=sys.stderr)
         raise typer.Exit(2)

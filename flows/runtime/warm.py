@@ -70,10 +70,10 @@ PRELOAD = ("torch._dynamo", "mlflow.store.tracking.sqlalchemy_store",
 _HEADER = struct.Struct("!I")
 
 
-def code_digest(root: Path) -> str:
-    """sha256 over every .py file (path and bytes) under root's flows/ and components/."""
+def code_digest(root: Path, folders: tuple[str, ...] = CODE_DIRS) -> str:
+    """sha256 over every .py file (path and bytes) under root's `folders`."""
     h = hashlib.sha256()
-    for folder in CODE_DIRS:
+    for folder in folders:
         for path in sorted((root / folder).rglob("*.py")):
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
@@ -286,12 +286,12 @@ def _reap(running: dict[int, socket.socket], selector: selectors.BaseSelector) -
         conn = running.pop(pid, None)
         if conn is None:
             continue
-        print(f"[runner] pid {pid} exited {os.waitstatus_to_exitcode(status)}", flush=True)
+        code = os.waitstatus_to_exitcode(status)
+        print(f"[runner] pid {pid} exited {code}", flush=True)
         with contextlib.suppress(KeyError, ValueError):
             selector.unregister(conn)
         with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode()
-                         + b"\n")
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
         conn.close()
 
 

@@ -4,6 +4,7 @@ its figures (the file, the stage's params, the splits, the code) scores it again
 from components.params import parse_params
 from flows.runtime import scores
 from flows.runtime.scores import scored, stage_key
+from tests.conftest import REPO
 
 SPLITS = {"forget": "f" * 64, "retain": "r" * 64}
 
@@ -48,6 +49,13 @@ def test_the_key_moves_with_params_splits_seed_and_code(monkeypatch, tmp_path):
     edited = stage_key("audit", parse_params({}), ("audit",), SPLITS)
     (code / "metrics.py").write_text("X = 2\n")
     assert stage_key("audit", parse_params({}), ("audit",), SPLITS) != edited != base
+
+
+def test_the_code_a_key_covers_is_the_repositorys_components():
+    """A root that is not there would leave edits to the scoring code out of every key (the
+    reorganisation moved scores.py one folder down and its root to flows/components)."""
+    assert all(root.is_dir() and any(root.rglob("*.py")) for root in scores.CODE_ROOTS)
+    assert scores.CODE_ROOTS == (REPO / "components",)
 
 
 def test_a_kept_domain_classifier_judges_as_the_one_trained(tmp_path):
